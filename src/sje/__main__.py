@@ -1,0 +1,3 @@
+from sje.cli import main
+
+main()

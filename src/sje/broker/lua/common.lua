@@ -1,0 +1,111 @@
+-- Shared prelude, prepended to every script. ARGV[1] is always the key prefix.
+-- Job keys: P:job:<id> (hash), and suffixes below; a task id is "<job id>:<index>",
+-- the index being a number or "r" for the reduce step.
+local P = ARGV[1]
+local TERMINAL = {succeeded = true, failed = true, cancelled = true, timed_out = true}
+local SUFFIXES = {'', ':in', ':st', ':att', ':red', ':res', ':err', ':ev'}
+local EVENTS_MAXLEN = '10000'
+
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+local function jkey(jid, suffix)
+  return P .. ':job:' .. jid .. (suffix or '')
+end
+
+local function qkey(queue)
+  return P .. ':q:' .. queue
+end
+
+local function split_id(member)
+  local i = string.find(member, ':', 1, true)
+  return string.sub(member, 1, i - 1), string.sub(member, i + 1)
+end
+
+-- Higher priority sorts first; within a priority, lower sequence (older) first.
+local function score(prio, seq)
+  return (9 - tonumber(prio)) * 1e13 + seq
+end
+
+local function job_event(jid, etype, fields)
+  local args = {'XADD', jkey(jid, ':ev'), 'MAXLEN', '~', EVENTS_MAXLEN, '*', 'type', etype}
+  for _, v in ipairs(fields) do args[#args + 1] = v end
+  redis.call(unpack(args))
+end
+
+local function global_event(etype, fields)
+  local args = {'XADD', P .. ':events', 'MAXLEN', '~', '100000', '*', 'type', etype}
+  for _, v in ipairs(fields) do args[#args + 1] = v end
+  redis.call(unpack(args))
+end
+
+-- Wake up to 16 blocked workers of a queue; surplus tokens only cost an empty fetch.
+local function wake(queue, n)
+  local key = P .. ':wake:' .. queue
+  local k = math.min(n, 16)
+  local args = {'RPUSH', key}
+  for _ = 1, k do args[#args + 1] = '1' end
+  redis.call(unpack(args))
+  redis.call('LTRIM', key, 0, 15)
+end
+
+local function requeue_front(jid, member)
+  local f = redis.call('HMGET', jkey(jid), 'queue', 'priority')
+  redis.call('ZADD', qkey(f[1]), score(f[2], 0), member)
+  wake(f[1], 1)
+end
+
+-- Remove every not-yet-running task of a job from its queue and from the delayed set.
+local function drop_pending(jid)
+  local f = redis.call('HMGET', jkey(jid), 'n', 'queue')
+  local n, q = tonumber(f[1]), qkey(f[2])
+  for start = 0, n - 1, 1000 do
+    local members = {}
+    for i = start, math.min(start + 999, n - 1) do members[#members + 1] = jid .. ':' .. i end
+    redis.call('ZREM', q, unpack(members))
+    redis.call('ZREM', P .. ':delayed', unpack(members))
+  end
+  redis.call('ZREM', q, jid .. ':r')
+  redis.call('ZREM', P .. ':delayed', jid .. ':r')
+end
+
+-- Move a job to a terminal state: unfinished task counts become cancelled, keys get the TTL.
+local function finish_job(jid, state, now, err)
+  local jk = jkey(jid)
+  redis.call('HSET', jk, 'state', state, 'finished_at', now)
+  if err then redis.call('HSET', jk, 'error', err) end
+  if state ~= 'succeeded' then
+    local moved = 0
+    for _, c in ipairs({'c_queued', 'c_running', 'c_retrying'}) do
+      moved = moved + tonumber(redis.call('HGET', jk, c) or '0')
+      redis.call('HSET', jk, c, 0)
+    end
+    redis.call('HINCRBY', jk, 'c_cancelled', moved)
+  end
+  redis.call('ZREM', P .. ':deadlines', jid)
+  job_event(jid, 'job.finished', {'state', state})
+  global_event('job.finished', {'job', jid, 'state', state})
+  local f = redis.call('HMGET', jk, 'result_ttl_ms', 'idem')
+  local ttl = tonumber(f[1])
+  for _, s in ipairs(SUFFIXES) do redis.call('PEXPIRE', jkey(jid, s), ttl) end
+  if f[2] and f[2] ~= '' then redis.call('PEXPIRE', P .. ':idem:' .. f[2], ttl) end
+end
+
+-- A task failed for good: record it and fail its job fast (pending tasks are dropped).
+local function fail_task(jid, idx, err, now)
+  local jk = jkey(jid)
+  redis.call('HSET', jkey(jid, ':st'), idx, 'failed')
+  redis.call('HSET', jkey(jid, ':err'), idx, err)
+  redis.call('HINCRBY', jk, 'c_failed', 1)
+  job_event(jid, 'task.failed', {'task', idx})
+  drop_pending(jid)
+  finish_job(jid, 'failed', now, cjson.encode({task = idx, error = cjson.decode(err)}))
+end
+
+-- Stop tracking a lease (the task finished, failed, was handed back or reclaimed).
+local function drop_lease(member)
+  redis.call('ZREM', P .. ':leases', member)
+  redis.call('HDEL', P .. ':owner', member)
+end

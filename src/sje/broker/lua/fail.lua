@@ -1,0 +1,26 @@
+-- ARGV: P, task_id, worker_id, error_json, retry_delay_ms (-1: no retry left)
+-- Records a failed attempt; schedules a retry in the delayed set or fails the task (and its
+-- job) for good. Returns retry | failed | stale.
+local member, wid, err, delay = ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
+local jid, idx = split_id(member)
+local jk = jkey(jid)
+local jstate = redis.call('HGET', jk, 'state')
+local owner = redis.call('HGET', P .. ':owner', member)
+if not jstate or TERMINAL[jstate] then
+  if owner == wid then drop_lease(member) end
+  return 'stale'
+end
+if owner ~= wid or redis.call('HGET', jkey(jid, ':st'), idx) ~= 'running' then return 'stale' end
+local now = now_ms()
+drop_lease(member)
+redis.call('HINCRBY', jk, 'c_running', -1)
+if delay >= 0 then
+  redis.call('HSET', jkey(jid, ':err'), idx, err)
+  redis.call('HSET', jkey(jid, ':st'), idx, 'retrying')
+  redis.call('HINCRBY', jk, 'c_retrying', 1)
+  redis.call('ZADD', P .. ':delayed', now + delay, member)
+  job_event(jid, 'task.retrying', {'task', idx, 'worker', wid, 'delay_ms', delay})
+  return 'retry'
+end
+fail_task(jid, idx, err, now)
+return 'failed'

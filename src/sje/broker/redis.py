@@ -1,0 +1,333 @@
+"""Redis broker: task queue, scheduler and job store in one server.
+
+Layout (``P`` is the key prefix, one per deployment or test):
+
+- ``P:q:<queue>`` sorted set of ready task ids, scored by priority then sequence
+- ``P:delayed`` retries waiting for their backoff; ``P:leases`` + ``P:owner`` running tasks
+- ``P:job:<id>`` job hash (options, state, counters) and ``:in :st :att :red :res :err :ev``
+- ``P:jobs`` index, ``P:deadlines`` job timeouts, ``P:idem:<key>`` idempotency keys
+- ``P:workers`` / ``P:seen`` worker registry and heartbeats, ``P:tasks`` task catalog
+
+Every multi-step state change is one Lua script (``lua/``), so two masters and any number of
+workers can act at once without races. Leases are measured on the Redis clock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from collections.abc import Iterator
+from importlib import resources
+from typing import Any
+from urllib.parse import urlsplit
+
+import orjson
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.commands.core import AsyncScript
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from sje.broker.base import NewJob, SubmitOutcome
+from sje.errors import BrokerError
+from sje.models import TaskDefaults, TaskMessage, dumps, loads
+
+_SCRIPTS = (
+    "submit",
+    "fetch",
+    "complete",
+    "fail",
+    "renew",
+    "release",
+    "reclaim",
+    "promote",
+    "terminate",
+)
+_WORKER_FORGET_S = 3600.0
+
+
+def _lua(name: str) -> str:
+    return (resources.files("sje.broker") / "lua" / f"{name}.lua").read_text(encoding="utf-8")
+
+
+def _address(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.hostname or '127.0.0.1'}:{parts.port or 6379}"
+
+
+class RedisBroker:
+    """Implements ``TaskQueue``, ``Scheduler`` and ``JobStore`` on one Redis connection pool.
+
+    Safe for concurrent use from one event loop. Redis failures surface as ``BrokerError``
+    naming the address and what to do.
+    """
+
+    def __init__(self, url: str, prefix: str = "sje") -> None:
+        self.url = url
+        self.prefix = prefix
+        # typed Any: redis-py annotates replies as bytes | str unions; we never decode, so
+        # every reply here is bytes
+        self._redis: Any = aioredis.Redis.from_url(
+            url,
+            socket_connect_timeout=5,
+            retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), 3),
+            retry_on_error=[RedisConnectionError, RedisTimeoutError],
+        )
+        common = _lua("common")
+        self._scripts: dict[str, AsyncScript] = {
+            name: self._redis.register_script(common + "\n" + _lua(name)) for name in _SCRIPTS
+        }
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    def _key(self, *parts: str) -> str:
+        return ":".join((self.prefix, *parts))
+
+    @contextlib.contextmanager
+    def _errors(self) -> Iterator[None]:
+        try:
+            yield
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            raise BrokerError(
+                f"Cannot reach Redis at {_address(self.url)} ({exc}). Start it (redis-server) "
+                "or point SJE_BROKER_URL / broker-url at a running Redis."
+            ) from exc
+        except RedisError as exc:
+            raise BrokerError(f"Redis at {_address(self.url)} failed: {exc}") from exc
+
+    async def _run(self, script: str, *args: Any) -> Any:
+        with self._errors():
+            return await self._scripts[script](keys=[], args=[self.prefix, *args])
+
+    async def ping(self) -> None:
+        with self._errors():
+            await self._redis.ping()
+
+    async def server_time(self) -> float:
+        with self._errors():
+            seconds, micros = await self._redis.time()
+        return float(seconds) + float(micros) / 1e6
+
+    async def close(self) -> None:
+        await self._redis.aclose()
+
+    # -- TaskQueue --------------------------------------------------------------------------
+
+    async def fetch(
+        self, worker_id: str, queues: list[str], n: int, lease_s: float
+    ) -> list[TaskMessage]:
+        raw = await self._run("fetch", worker_id, int(lease_s * 1000), n, *queues)
+        out = []
+        for i in range(0, len(raw), 2):
+            tid, task, kind, attempt, retries, backoff, backoff_max, timeout = loads(raw[i])
+            job_id, _, index = tid.partition(":")
+            out.append(
+                TaskMessage(
+                    id=tid,
+                    job_id=job_id,
+                    index=index,
+                    task=task,
+                    payload=raw[i + 1] or None,
+                    attempt=int(attempt),
+                    retries=int(retries),
+                    backoff=float(backoff),
+                    backoff_max=float(backoff_max),
+                    timeout=float(timeout) if timeout else None,
+                    kind=kind,
+                )
+            )
+        return out
+
+    async def wait_for_work(self, queues: list[str], timeout_s: float) -> None:
+        with self._errors():
+            await self._redis.blpop([self._key("wake", q) for q in queues], timeout=timeout_s)
+
+    async def complete(self, task_id: str, worker_id: str, result: bytes) -> str:
+        status: bytes = await self._run("complete", task_id, worker_id, result)
+        return status.decode()
+
+    async def fail(
+        self, task_id: str, worker_id: str, error: dict[str, Any], retry_in_s: float | None
+    ) -> str:
+        delay = -1 if retry_in_s is None else int(retry_in_s * 1000)
+        status: bytes = await self._run("fail", task_id, worker_id, dumps(error), delay)
+        return status.decode()
+
+    async def renew(self, worker_id: str, task_ids: list[str], lease_s: float) -> list[str]:
+        lost = await self._run("renew", worker_id, int(lease_s * 1000), *task_ids)
+        return [t.decode() for t in lost]
+
+    async def release(self, worker_id: str, task_ids: list[str]) -> int:
+        if not task_ids:
+            return 0
+        return int(await self._run("release", worker_id, *task_ids))
+
+    # -- Scheduler --------------------------------------------------------------------------
+
+    async def reclaim_expired(self, max_redeliveries: int) -> int:
+        return int(await self._run("reclaim", max_redeliveries, 1000))
+
+    async def promote_due(self) -> int:
+        return int(await self._run("promote", 1000))
+
+    async def expire_jobs(self) -> int:
+        reason = "Job timeout: job {job} ran longer than its job-timeout of {limit}s"
+        return len(await self._run("terminate", "timed_out", reason))
+
+    # -- JobStore ---------------------------------------------------------------------------
+
+    async def submit(self, job: NewJob) -> SubmitOutcome:
+        inputs_key = self._key("job", job.id, "in")
+        fields = [item for pair in job.fields.items() for item in pair]
+        timeout_ms = int((job.job_timeout_s or 0) * 1000)
+        with self._errors():
+            pipe = self._redis.pipeline(transaction=False)
+            for start in range(0, len(job.payloads), 1000):
+                chunk = job.payloads[start : start + 1000]
+                pipe.hset(inputs_key, mapping=dict(enumerate(chunk, start)))
+            # a master that dies before the script below leaves only this, and it expires
+            pipe.expire(inputs_key, 3600)
+            await pipe.execute()
+        status, value = await self._run(
+            "submit",
+            job.id,
+            len(job.payloads),
+            job.queue,
+            job.priority,
+            job.max_queue_length,
+            job.idempotency_key or "",
+            job.idempotency_hash,
+            timeout_ms,
+            *fields,
+        )
+        status, value = status.decode(), value.decode()
+        if status != "ok":
+            with self._errors():
+                await self._redis.delete(inputs_key)
+        if status == "full":
+            return SubmitOutcome(status, job.id, depth=int(value))
+        return SubmitOutcome(status, value)
+
+    async def job(self, job_id: str) -> dict[str, str] | None:
+        with self._errors():
+            raw = await self._redis.hgetall(self._key("job", job_id))
+        if not raw:
+            return None
+        return {k.decode(): v.decode() for k, v in raw.items()}
+
+    async def jobs(self, limit: int, offset: int) -> list[dict[str, str]]:
+        with self._errors():
+            ids = await self._redis.zrevrange(self._key("jobs"), offset, offset + limit - 1)
+            pipe = self._redis.pipeline(transaction=False)
+            for jid in ids:
+                pipe.hgetall(self._key("job", jid.decode()))
+            rows = await pipe.execute()
+            gone = [jid for jid, row in zip(ids, rows, strict=True) if not row]
+            if gone:
+                await self._redis.zrem(self._key("jobs"), *gone)
+        return [
+            {"id": jid.decode(), **{k.decode(): v.decode() for k, v in row.items()}}
+            for jid, row in zip(ids, rows, strict=True)
+            if row
+        ]
+
+    async def results(self, job_id: str, start: int, stop: int) -> list[bytes | None]:
+        if stop <= start:
+            return []
+        with self._errors():
+            values: list[bytes | None] = await self._redis.hmget(
+                self._key("job", job_id, "res"), [str(i) for i in range(start, stop)]
+            )
+        return values
+
+    async def reduce_result(self, job_id: str) -> bytes | None:
+        with self._errors():
+            value: bytes | None = await self._redis.hget(self._key("job", job_id, "res"), "r")
+        return value
+
+    async def errors(self, job_id: str) -> dict[str, bytes]:
+        with self._errors():
+            raw = await self._redis.hgetall(self._key("job", job_id, "err"))
+        return {k.decode(): v for k, v in raw.items()}
+
+    async def attempts(self, job_id: str, indexes: list[str]) -> list[int]:
+        with self._errors():
+            raw = await self._redis.hmget(self._key("job", job_id, "att"), indexes)
+        return [int(v or 0) for v in raw]
+
+    async def cancel(self, job_id: str) -> str:
+        reason = "Cancelled: job {job} was cancelled on request"
+        out = await self._run("terminate", "cancelled", reason, job_id)
+        return str(out[0].decode())
+
+    async def events(
+        self, job_id: str, after: str, block_ms: int
+    ) -> list[tuple[str, dict[str, str]]]:
+        with self._errors():
+            reply = await self._redis.xread(
+                {self._key("job", job_id, "ev"): after}, count=1000, block=block_ms
+            )
+        out = []
+        for _stream, entries in reply or []:
+            for entry_id, fields in entries:
+                out.append((entry_id.decode(), {k.decode(): v.decode() for k, v in fields.items()}))
+        return out
+
+    async def depth(self, queue: str) -> int:
+        with self._errors():
+            return int(await self._redis.zcard(self._key("q", queue)))
+
+    async def task_catalog(self) -> dict[str, TaskDefaults]:
+        with self._errors():
+            raw = await self._redis.hgetall(self._key("tasks"))
+        return {k.decode(): TaskDefaults.from_json(orjson.loads(v)) for k, v in raw.items()}
+
+    # -- worker registry ----------------------------------------------------------------------
+
+    async def register_worker(
+        self, worker_id: str, info: dict[str, Any], tasks: dict[str, TaskDefaults]
+    ) -> None:
+        with self._errors():
+            pipe = self._redis.pipeline(transaction=True)
+            pipe.hset(self._key("workers"), worker_id, dumps(info))
+            pipe.zadd(self._key("seen"), {worker_id: int(await self.server_time() * 1000)})
+            if tasks:
+                pipe.hset(
+                    self._key("tasks"),
+                    mapping={name: dumps(d.to_json()) for name, d in tasks.items()},
+                )
+            await pipe.execute()
+
+    async def deregister_worker(self, worker_id: str) -> None:
+        with self._errors():
+            pipe = self._redis.pipeline(transaction=True)
+            pipe.hdel(self._key("workers"), worker_id)
+            pipe.zrem(self._key("seen"), worker_id)
+            await pipe.execute()
+
+    async def workers(self) -> list[dict[str, Any]]:
+        """Registered workers with ``last_seen_s`` (seconds since their last heartbeat)."""
+        now = await self.server_time()
+        with self._errors():
+            infos = await self._redis.hgetall(self._key("workers"))
+            seen = dict(await self._redis.zrange(self._key("seen"), 0, -1, withscores=True))
+            owners = await self._redis.hgetall(self._key("owner"))
+        running: dict[bytes, int] = {}
+        for wid in owners.values():
+            running[wid] = running.get(wid, 0) + 1
+        out = []
+        for wid, info in infos.items():
+            age = now - seen.get(wid, 0.0) / 1000
+            if age > _WORKER_FORGET_S:
+                await self.deregister_worker(wid.decode())
+                continue
+            out.append(
+                {**orjson.loads(info), "last_seen_s": round(age, 3), "running": running.get(wid, 0)}
+            )
+        return sorted(out, key=lambda w: str(w.get("name")))
+
+
+def payload_hash(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:32]

@@ -1,0 +1,380 @@
+"""The HTTP client of the master's API, shared by the CLI and the Python API.
+
+Clients never hold broker credentials: they speak HTTP/JSON to the master, with a token when
+the master requires one. Events are pushed over Server-Sent Events, not polled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from typing import Any
+
+import httpx
+import orjson
+
+from sje.config import ClientSettings, load_settings
+from sje.errors import JobFailed, JobTimeout, MasterError, error_from_code
+from sje.models import JobState, parse_job
+from sje.tasks import Task
+
+Event = dict[str, Any]
+_PAGE = 10_000
+_TIMEOUT = httpx.Timeout(30.0, connect=5.0)
+
+
+def job_payload(job_def: Mapping[str, Any]) -> dict[str, Any]:
+    """Validate a job definition locally (clear errors before any network) and make it JSON."""
+    data = dict(job_def)
+    for key in ("task", "reduce"):
+        if isinstance(data.get(key), Task):
+            data[key] = data[key].name
+    spec = parse_job(data)
+    return spec.model_dump(exclude_none=True, exclude_defaults=True) | {"task": spec.task}
+
+
+def _raise_for(response: httpx.Response, url: str) -> None:
+    if response.status_code < 400:
+        return
+    try:
+        err = response.json()["error"]
+    except (ValueError, KeyError, TypeError):
+        raise MasterError(
+            f"The master at {url} answered HTTP {response.status_code}: {response.text[:200]}"
+        ) from None
+    if err.get("code") == "unauthorized":
+        raise MasterError(err["message"])
+    raise error_from_code(err.get("code", "error"), err.get("message", "unknown error"))
+
+
+def _unreachable(url: str, exc: Exception) -> MasterError:
+    return MasterError(
+        f"Connection refused: no SJE master answers at {url} ({type(exc).__name__}). "
+        "Start one with `sje master`, or set SJE_MASTER to its URL."
+    )
+
+
+class SSEParser:
+    """Incremental Server-Sent Events parser: feed lines, get events when a blank line ends one."""
+
+    def __init__(self) -> None:
+        self._fields: dict[str, str] = {}
+
+    def feed(self, line: str) -> Event | None:
+        if line:
+            if not line.startswith(":"):
+                key, _, value = line.partition(":")
+                self._fields[key] = value.removeprefix(" ")
+            return None
+        fields, self._fields = self._fields, {}
+        if "data" not in fields:
+            return None
+        event: Event = {**orjson.loads(fields["data"]), "type": fields.get("event", "message")}
+        if "id" in fields:
+            event["id"] = fields["id"]
+        return event
+
+
+def final_state(view: Mapping[str, Any]) -> bool:
+    return JobState(view["state"]).is_terminal
+
+
+def check_outcome(view: Mapping[str, Any]) -> None:
+    """Raise ``JobTimeout`` / ``JobFailed`` for a job that did not succeed."""
+    state = view["state"]
+    if state == JobState.SUCCEEDED.value:
+        return
+    err = view.get("error") or {}
+    if state == JobState.TIMED_OUT.value:
+        raise JobTimeout(err.get("message") or f"Job timeout: job {view['id']} timed out")
+    if state == JobState.CANCELLED.value:
+        raise JobFailed(f"Job {view['id']} was cancelled.")
+    inner = err.get("error") or {}
+    where = f" in task {err.get('task')}" if err.get("task") is not None else ""
+    attempt = f" (attempt {inner['attempt']})" if inner.get("attempt") else ""
+    detail = f"{inner.get('type', 'Error')}: {inner.get('message', '')}"
+    failure = JobFailed(f"Job {view['id']} failed{where}{attempt}: {detail}")
+    failure.traceback = inner.get("traceback", "")  # type: ignore[attr-defined]  # extra detail for callers
+    raise failure
+
+
+class Client:
+    """Synchronous client. ``master_url`` defaults to ``SJE_MASTER``; ``token`` to ``SJE_TOKEN``."""
+
+    def __init__(self, master_url: str | None = None, token: str | None = None) -> None:
+        settings = load_settings(ClientSettings, None, {"master": master_url, "token": token})
+        self.url = settings.master.rstrip("/")
+        headers = {"Authorization": f"Bearer {settings.token}"} if settings.token else {}
+        self._http = httpx.Client(base_url=self.url, headers=headers, timeout=_TIMEOUT)
+
+    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            response = self._http.request(method, "/api/v1" + path, **kwargs)
+        except httpx.TransportError as exc:
+            raise _unreachable(self.url, exc) from exc
+        _raise_for(response, self.url)
+        return response.json()
+
+    def submit(self, job_def: Mapping[str, Any]) -> JobHandle:
+        body = orjson.dumps(job_payload(job_def))
+        headers = {"Content-Type": "application/json"}
+        reply = self.request("POST", "/jobs", content=body, headers=headers)
+        return JobHandle(self, reply["id"])
+
+    def job(self, job_id: str) -> JobHandle:
+        return JobHandle(self, job_id)
+
+    def jobs(self, limit: int = 50, state: str | None = None) -> list[dict[str, Any]]:
+        params: dict[str, Any] = {"limit": limit} | ({"state": state} if state else {})
+        return list(self.request("GET", "/jobs", params=params)["jobs"])
+
+    def workers(self) -> list[dict[str, Any]]:
+        return list(self.request("GET", "/workers")["workers"])
+
+    def health(self) -> dict[str, Any]:
+        return dict(self.request("GET", "/health"))
+
+    def events(self, job_id: str, timeout: float | None = None) -> Iterator[Event]:
+        """Pushed events of a job until it ends: ``progress`` snapshots and task/job events."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        after = "0"
+        while True:
+            try:
+                read = (
+                    30.0 if deadline is None else max(0.1, min(30.0, deadline - time.monotonic()))
+                )
+                with self._http.stream(
+                    "GET",
+                    f"/api/v1/jobs/{job_id}/events",
+                    params={"after": after},
+                    timeout=httpx.Timeout(read, connect=5.0),
+                ) as response:
+                    if response.status_code >= 400:
+                        response.read()
+                        _raise_for(response, self.url)
+                    parser = SSEParser()
+                    for line in response.iter_lines():
+                        event = parser.feed(line)
+                        if event is None:
+                            continue
+                        after = event.get("id", after)
+                        yield event
+                        if event["type"] == "progress" and final_state(event):
+                            return
+            except httpx.ReadTimeout:
+                pass
+            except httpx.TransportError as exc:
+                raise _unreachable(self.url, exc) from exc
+            if deadline is not None and time.monotonic() >= deadline:
+                raise JobTimeout(
+                    f"Job timeout: job {job_id} did not finish within {timeout}s of waiting."
+                )
+
+    def close(self) -> None:
+        self._http.close()
+
+
+class JobHandle:
+    """A submitted job: ``status()``, ``wait()``, ``result()``, ``cancel()`` and observers."""
+
+    def __init__(self, client: Client, job_id: str) -> None:
+        self.client = client
+        self.id = job_id
+        self._observer: threading.Thread | None = None
+        self._on_event: list[Callable[[Event], None]] = []
+        self._on_complete: list[Callable[[dict[str, Any]], None]] = []
+
+    def __repr__(self) -> str:
+        return f"<JobHandle {self.id}>"
+
+    def status(self) -> dict[str, Any]:
+        """The job record: ``id``, ``state``, task counts by state, timestamps, ``error``."""
+        return dict(self.client.request("GET", f"/jobs/{self.id}"))
+
+    def wait(self, timeout: float | None = None) -> dict[str, Any]:
+        """Block until the job ends (pushed, no polling); returns its final status record."""
+        for _ in self.client.events(self.id, timeout):
+            pass
+        return self.status()
+
+    def result(self, timeout: float | None = None) -> Any:
+        """Wait, then the ordered results (``inputs``), the value (``args``) or the reduce output.
+
+        Raises ``JobFailed`` (with the remote traceback) or ``JobTimeout`` otherwise.
+        """
+        view = self.wait(timeout)
+        check_outcome(view)
+        return self._fetch_results(view)
+
+    def _fetch_results(self, view: Mapping[str, Any]) -> Any:
+        if view.get("reduce") or view["kind"] == "call":
+            return self.client.request("GET", f"/jobs/{self.id}/results")["result"]
+        out: list[Any] = []
+        while len(out) < view["inputs"]:
+            page = self.client.request(
+                "GET", f"/jobs/{self.id}/results", params={"offset": len(out), "limit": _PAGE}
+            )
+            out.extend(page["results"])
+        return out
+
+    def cancel(self) -> dict[str, Any]:
+        return dict(self.client.request("POST", f"/jobs/{self.id}/cancel"))
+
+    def on_event(self, fn: Callable[[Event], None]) -> JobHandle:
+        """Call ``fn(event)`` for every pushed event, from a background thread."""
+        self._on_event.append(fn)
+        self._observe()
+        return self
+
+    def on_complete(self, fn: Callable[[dict[str, Any]], None]) -> JobHandle:
+        """Call ``fn(status)`` once when the job ends, from a background thread."""
+        self._on_complete.append(fn)
+        self._observe()
+        return self
+
+    def _observe(self) -> None:
+        if self._observer is not None:
+            return
+
+        def run() -> None:
+            for event in self.client.events(self.id):
+                for fn in list(self._on_event):
+                    fn(event)
+            final = self.status()
+            for done in list(self._on_complete):
+                done(final)
+
+        self._observer = threading.Thread(target=run, name=f"sje-observe-{self.id}", daemon=True)
+        self._observer.start()
+
+
+class Job:
+    """A job definition to submit: ``sje.Job({"task": ..., "inputs": [...]}).submit()``."""
+
+    def __init__(self, job_def: Mapping[str, Any] | None = None, **options: Any) -> None:
+        self.definition = {**(job_def or {}), **options}
+        job_payload(self.definition)
+
+    def submit(self, client: Client | None = None) -> JobHandle:
+        return (client or Client()).submit(self.definition)
+
+    async def submit_async(self, client: AsyncClient | None = None) -> AsyncJobHandle:
+        return await (client or AsyncClient()).submit(self.definition)
+
+
+class AsyncClient:
+    """The asyncio variant of ``Client``: the same calls, awaited."""
+
+    def __init__(self, master_url: str | None = None, token: str | None = None) -> None:
+        settings = load_settings(ClientSettings, None, {"master": master_url, "token": token})
+        self.url = settings.master.rstrip("/")
+        headers = {"Authorization": f"Bearer {settings.token}"} if settings.token else {}
+        self._http = httpx.AsyncClient(base_url=self.url, headers=headers, timeout=_TIMEOUT)
+
+    async def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            response = await self._http.request(method, "/api/v1" + path, **kwargs)
+        except httpx.TransportError as exc:
+            raise _unreachable(self.url, exc) from exc
+        _raise_for(response, self.url)
+        return response.json()
+
+    async def submit(self, job_def: Mapping[str, Any]) -> AsyncJobHandle:
+        body = orjson.dumps(job_payload(job_def))
+        reply = await self.request(
+            "POST", "/jobs", content=body, headers={"Content-Type": "application/json"}
+        )
+        return AsyncJobHandle(self, reply["id"])
+
+    def job(self, job_id: str) -> AsyncJobHandle:
+        return AsyncJobHandle(self, job_id)
+
+    async def events(self, job_id: str) -> AsyncIterator[Event]:
+        after = "0"
+        while True:
+            try:
+                async with self._http.stream(
+                    "GET", f"/api/v1/jobs/{job_id}/events", params={"after": after}
+                ) as response:
+                    if response.status_code >= 400:
+                        await response.aread()
+                        _raise_for(response, self.url)
+                    parser = SSEParser()
+                    async for line in response.aiter_lines():
+                        event = parser.feed(line)
+                        if event is None:
+                            continue
+                        after = event.get("id", after)
+                        yield event
+                        if event["type"] == "progress" and final_state(event):
+                            return
+            except httpx.ReadTimeout:
+                continue
+            except httpx.TransportError as exc:
+                raise _unreachable(self.url, exc) from exc
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+
+class AsyncJobHandle:
+    """The asyncio variant of ``JobHandle``."""
+
+    def __init__(self, client: AsyncClient, job_id: str) -> None:
+        self.client = client
+        self.id = job_id
+
+    async def status(self) -> dict[str, Any]:
+        return dict(await self.client.request("GET", f"/jobs/{self.id}"))
+
+    async def wait(self, timeout: float | None = None) -> dict[str, Any]:
+        async def drain() -> None:
+            async for _ in self.client.events(self.id):
+                pass
+
+        try:
+            await asyncio.wait_for(drain(), timeout)
+        except asyncio.TimeoutError:
+            raise JobTimeout(
+                f"Job timeout: job {self.id} did not finish within {timeout}s of waiting."
+            ) from None
+        return await self.status()
+
+    async def result(self, timeout: float | None = None) -> Any:
+        view = await self.wait(timeout)
+        check_outcome(view)
+        if view.get("reduce") or view["kind"] == "call":
+            return (await self.client.request("GET", f"/jobs/{self.id}/results"))["result"]
+        out: list[Any] = []
+        while len(out) < view["inputs"]:
+            params = {"offset": len(out), "limit": _PAGE}
+            page = await self.client.request("GET", f"/jobs/{self.id}/results", params=params)
+            out.extend(page["results"])
+        return out
+
+    async def cancel(self) -> dict[str, Any]:
+        return dict(await self.client.request("POST", f"/jobs/{self.id}/cancel"))
+
+    def on_event(self, fn: Callable[[Event], Any]) -> asyncio.Task[None]:
+        """Call ``fn(event)`` (sync or async) for every pushed event; returns the watching task."""
+
+        async def watch() -> None:
+            async for event in self.client.events(self.id):
+                outcome = fn(event)
+                if asyncio.iscoroutine(outcome):
+                    await outcome
+
+        return asyncio.ensure_future(watch())
+
+    def on_complete(self, fn: Callable[[dict[str, Any]], Any]) -> asyncio.Task[None]:
+        """Call ``fn(status)`` (sync or async) once when the job ends; returns the watching task."""
+
+        async def watch() -> None:
+            final = await self.wait()
+            outcome = fn(final)
+            if asyncio.iscoroutine(outcome):
+                await outcome
+
+        return asyncio.ensure_future(watch())

@@ -1,0 +1,239 @@
+"""The master's HTTP/JSON API (``/api/v1``), used by the CLI, the Python client and plain HTTP.
+
+Errors are ``{"error": {"code", "message"}}`` with the status of the ``SJEError`` subclass;
+a full queue answers 429 with ``Retry-After``. When a token is configured every route but
+``/api/v1/health`` needs ``Authorization: Bearer <token>``.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import orjson
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+
+from sje.broker.redis import RedisBroker
+from sje.config import MasterSettings
+from sje.errors import (
+    IdempotencyConflict,
+    InvalidJob,
+    JobNotFound,
+    QueueFull,
+    SJEError,
+)
+from sje.master.planner import check_tasks, plan
+from sje.master.views import is_terminal, job_view, progress_view, sse
+from sje.models import TaskDefaults, parse_job
+from sje.results import flatten, task_range
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[Request], Awaitable[Response]]
+_CATALOG_TTL_S = 2.0
+_MAX_PAGE = 10_000
+
+
+def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(data), status, headers, media_type="application/json")
+
+
+def error_response(exc: SJEError) -> Response:
+    headers = {"Retry-After": str(exc.retry_after_s)} if isinstance(exc, QueueFull) else None
+    body = {"error": {"code": exc.code, "message": exc.message}}
+    return json_response(body, exc.http_status, headers)
+
+
+class Api:
+    """Route handlers bound to one broker and the master's settings."""
+
+    def __init__(self, broker: RedisBroker, settings: MasterSettings) -> None:
+        self.broker = broker
+        self.settings = settings
+        self._catalog: dict[str, TaskDefaults] = {}
+        self._catalog_at = 0.0
+
+    def guarded(self, handler: Handler, *, public: bool = False) -> Handler:
+        token = self.settings.token
+
+        async def run(request: Request) -> Response:
+            if token and not public:
+                given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+                if not hmac.compare_digest(given.encode(), token.encode()):
+                    body = {
+                        "error": {
+                            "code": "unauthorized",
+                            "message": "Missing or wrong API token: set SJE_TOKEN (or token:) "
+                            "to the master's token.",
+                        }
+                    }
+                    return json_response(body, 401)
+            try:
+                return await handler(request)
+            except SJEError as exc:
+                return error_response(exc)
+
+        return run
+
+    async def catalog(self) -> dict[str, TaskDefaults]:
+        if time.monotonic() - self._catalog_at > _CATALOG_TTL_S:
+            self._catalog = await self.broker.task_catalog()
+            self._catalog_at = time.monotonic()
+        return self._catalog
+
+    async def _job_or_404(self, job_id: str) -> dict[str, str]:
+        raw = await self.broker.job(job_id)
+        if raw is None:
+            raise JobNotFound(
+                f"No job '{job_id}': it never existed or its results expired (result-ttl). "
+                "List jobs with `sje jobs`."
+            )
+        return raw
+
+    # -- routes ----------------------------------------------------------------------------
+
+    async def health(self, request: Request) -> Response:
+        await self.broker.ping()
+        return json_response({"status": "ok", "broker": "ok"})
+
+    async def submit(self, request: Request) -> Response:
+        limit = int(self.settings.max_request_mb * 1024 * 1024)
+        if int(request.headers.get("content-length") or 0) > limit:
+            raise InvalidJob(
+                f"Job definition too large: over max-request-mb={self.settings.max_request_mb}. "
+                "Split the job or raise max-request-mb on the master."
+            )
+        body = await request.body()
+        try:
+            data = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise InvalidJob(f"Request body is not valid JSON: {exc}") from None
+        spec = parse_job(data)
+        catalog = await self.catalog()
+        if spec.task not in catalog or (spec.reduce and spec.reduce not in catalog):
+            self._catalog_at = 0.0
+            catalog = await self.catalog()
+        check_tasks(spec, catalog)
+        new = plan(spec, catalog, self.settings)
+        outcome = await self.broker.submit(new)
+        if outcome.status == "full":
+            raise QueueFull(
+                f"Queue full: queue '{new.queue}' holds {outcome.depth} tasks and its bound is "
+                f"{new.max_queue_length} (max-queue-length); this job adds {len(new.payloads)}. "
+                "Retry later, or raise max-queue-length on the master."
+            )
+        if outcome.status == "conflict":
+            raise IdempotencyConflict(
+                f"Idempotency key '{spec.idempotency_key}' already belongs to job "
+                f"{outcome.job_id} with a different definition; use a new key."
+            )
+        duplicate = outcome.status == "duplicate"
+        log.info("job %s %s (%d tasks)", outcome.job_id, outcome.status, len(new.payloads))
+        body_out = {"id": outcome.job_id, "duplicate": duplicate, "tasks": len(new.payloads)}
+        return json_response(body_out, 200 if duplicate else 201)
+
+    async def get_job(self, request: Request) -> Response:
+        job_id = request.path_params["job_id"]
+        raw = await self._job_or_404(job_id)
+        view = job_view(job_id, raw)
+        if request.query_params.get("errors") == "1" or raw.get("state") == "failed":
+            view["task_errors"] = {
+                k: orjson.loads(v) for k, v in (await self.broker.errors(job_id)).items()
+            }
+        return json_response(view)
+
+    async def list_jobs(self, request: Request) -> Response:
+        limit = min(int(request.query_params.get("limit", "50")), 1000)
+        offset = int(request.query_params.get("offset", "0"))
+        state = request.query_params.get("state")
+        rows = await self.broker.jobs(limit, offset)
+        views = [job_view(r["id"], r) for r in rows]
+        if state:
+            views = [v for v in views if v["state"] == state]
+        return json_response({"jobs": views})
+
+    async def results(self, request: Request) -> Response:
+        job_id = request.path_params["job_id"]
+        raw = await self._job_or_404(job_id)
+        head = {"id": job_id, "state": raw["state"]}
+        if raw.get("reduce") or raw["kind"] == "call":
+            value = await self._single_result(job_id, raw)
+            return Response(
+                orjson.dumps(head)[:-1] + b',"result":' + (value or b"null") + b"}",
+                media_type="application/json",
+            )
+        total = int(raw["inputs"])
+        offset = max(0, int(request.query_params.get("offset", "0")))
+        limit = min(max(1, int(request.query_params.get("limit", "1000"))), _MAX_PAGE)
+        stop = min(total, offset + limit)
+        items = await self._page(job_id, raw, offset, stop)
+        meta = orjson.dumps(
+            {**head, "total": total, "offset": offset, "count": max(0, stop - offset)}
+        )
+        return Response(
+            meta[:-1] + b',"results":[' + b",".join(items) + b"]}", media_type="application/json"
+        )
+
+    async def _single_result(self, job_id: str, raw: dict[str, str]) -> bytes | None:
+        if raw.get("reduce"):
+            return await self.broker.reduce_result(job_id)
+        return (await self.broker.results(job_id, 0, 1))[0]
+
+    async def _page(self, job_id: str, raw: dict[str, str], start: int, stop: int) -> list[bytes]:
+        size = int(raw.get("chunk_size") or 0)
+        first, last = task_range(size, start, stop)
+        return flatten(await self.broker.results(job_id, first, last), size, first, start, stop)
+
+    async def cancel(self, request: Request) -> Response:
+        job_id = request.path_params["job_id"]
+        status = await self.broker.cancel(job_id)
+        if status == "missing":
+            await self._job_or_404(job_id)
+        raw = await self._job_or_404(job_id)
+        return json_response({**job_view(job_id, raw), "cancelled": status == "ok"})
+
+    async def workers(self, request: Request) -> Response:
+        rows = await self.broker.workers()
+        for row in rows:
+            row["alive"] = row["last_seen_s"] <= max(3 * float(row.get("heartbeat_interval", 2)), 5)
+        return json_response({"workers": rows})
+
+    async def events(self, request: Request) -> Response:
+        job_id = request.path_params["job_id"]
+        await self._job_or_404(job_id)
+        after = request.headers.get("last-event-id") or request.query_params.get("after", "0")
+        return StreamingResponse(self._event_stream(job_id, after), media_type="text/event-stream")
+
+    async def _event_stream(self, job_id: str, after: str) -> AsyncIterator[bytes]:
+        raw = await self.broker.job(job_id)
+        while raw is not None:
+            yield sse("progress", progress_view(job_id, raw))
+            if is_terminal(raw):
+                return
+            batch = await self.broker.events(job_id, after, block_ms=5000)
+            if not batch:
+                yield b": keepalive\n\n"
+            for entry_id, fields in batch:
+                after = entry_id
+                yield sse(fields.get("type", "event"), {"job": job_id, **fields}, entry_id)
+            raw = await self.broker.job(job_id)
+
+    def app(self) -> Starlette:
+        g = self.guarded
+        routes = [
+            Route("/api/v1/health", g(self.health, public=True)),
+            Route("/api/v1/jobs", g(self.submit), methods=["POST"]),
+            Route("/api/v1/jobs", g(self.list_jobs), methods=["GET"]),
+            Route("/api/v1/jobs/{job_id}", g(self.get_job)),
+            Route("/api/v1/jobs/{job_id}/results", g(self.results)),
+            Route("/api/v1/jobs/{job_id}/cancel", g(self.cancel), methods=["POST"]),
+            Route("/api/v1/jobs/{job_id}/events", g(self.events)),
+            Route("/api/v1/workers", g(self.workers)),
+        ]
+        return Starlette(routes=routes)

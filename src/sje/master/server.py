@@ -1,0 +1,80 @@
+"""The master process: API server plus scheduler loop, over one broker connection pool."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections.abc import AsyncIterator, Callable
+
+import uvicorn
+from starlette.applications import Starlette
+
+from sje.broker.registry import open_broker
+from sje.config import MasterSettings, redact_url
+from sje.errors import ConfigError
+from sje.master.api import Api
+from sje.master.scheduler import SchedulerLoop
+
+log = logging.getLogger(__name__)
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """Bind the listening socket up front so a taken port is a clear error, not a log line."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(
+            f"Cannot listen on {host}:{port}: {exc.strerror}. Stop what uses the port or pick "
+            "another with --port / SJE_PORT."
+        ) from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+class Master:
+    """Built from settings (no I/O), then ``serve()`` until SIGINT/SIGTERM."""
+
+    def __init__(self, settings: MasterSettings) -> None:
+        self.settings = settings
+        self.url = ""
+
+    async def serve(self, on_ready: Callable[[str], None] | None = None) -> None:
+        s = self.settings
+        broker = open_broker(s.effective_broker_url, s.key_prefix)
+        await broker.ping()
+        if s.bind_address not in LOOPBACK and not s.token:
+            log.warning(
+                "listening on %s without a token: anyone who can reach it may submit",
+                s.bind_address,
+            )
+        scheduler = SchedulerLoop(broker, s.tick_interval, s.max_redeliveries)
+        sock = bind_socket(s.bind_address, s.port)
+        host, port = sock.getsockname()[:2]
+        self.url = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
+
+        @contextlib.asynccontextmanager
+        async def lifespan(app: Starlette) -> AsyncIterator[None]:
+            loop_task = asyncio.create_task(scheduler.run())
+            log.info("master on %s, broker %s", self.url, redact_url(s.effective_broker_url))
+            if on_ready:
+                on_ready(self.url)
+            try:
+                yield
+            finally:
+                scheduler.stop()
+                await loop_task
+                await broker.close()
+
+        app = Api(broker, s).app()
+        app.router.lifespan_context = lifespan
+        config = uvicorn.Config(app, log_level="warning", lifespan="on", access_log=False)
+        await uvicorn.Server(config).serve(sockets=[sock])

@@ -1,0 +1,1 @@
+"""The worker: fetch loop, heartbeats and leases, and the pool of child processes."""
