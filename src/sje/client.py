@@ -175,6 +175,18 @@ class Client:
     def close(self) -> None:
         self._http.close()
 
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        # handles from ``Job(...).submit()`` own their client; release its sockets with it
+        http = getattr(self, "_http", None)
+        if http is not None:
+            http.close()
+
 
 class JobHandle:
     """A submitted job: ``status()``, ``wait()``, ``result()``, ``cancel()`` and observers."""

@@ -46,6 +46,7 @@ _SCRIPTS = (
     "terminate",
 )
 _WORKER_FORGET_S = 3600.0
+EVENTS_PAGE = 1000
 
 
 def _lua(name: str) -> str:
@@ -263,11 +264,12 @@ class RedisBroker:
         return str(out[0].decode())
 
     async def events(
-        self, job_id: str, after: str, block_ms: int
+        self, job_id: str, after: str, block_ms: int | None
     ) -> list[tuple[str, dict[str, str]]]:
+        """Events after stream id ``after``; waits up to ``block_ms`` (None: not at all)."""
         with self._errors():
             reply = await self._redis.xread(
-                {self._key("job", job_id, "ev"): after}, count=1000, block=block_ms
+                {self._key("job", job_id, "ev"): after}, count=EVENTS_PAGE, block=block_ms
             )
         out = []
         for _stream, entries in reply or []:

@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from sje.broker.redis import RedisBroker
+from sje.broker.redis import EVENTS_PAGE, RedisBroker
 from sje.config import MasterSettings
 from sje.errors import (
     IdempotencyConflict,
@@ -211,18 +211,25 @@ class Api:
         return StreamingResponse(self._event_stream(job_id, after), media_type="text/event-stream")
 
     async def _event_stream(self, job_id: str, after: str) -> AsyncIterator[bytes]:
+        """Stored events after ``after`` (a replay for late observers), then live ones; a
+        ``progress`` snapshot follows each batch and the last one shows the final state."""
         raw = await self.broker.job(job_id)
         while raw is not None:
-            yield sse("progress", progress_view(job_id, raw))
-            if is_terminal(raw):
-                return
-            batch = await self.broker.events(job_id, after, block_ms=5000)
-            if not batch:
-                yield b": keepalive\n\n"
+            terminal = is_terminal(raw)
+            batch = await self.broker.events(job_id, after, None if terminal else 5000)
             for entry_id, fields in batch:
                 after = entry_id
                 yield sse(fields.get("type", "event"), {"job": job_id, **fields}, entry_id)
-            raw = await self.broker.job(job_id)
+            if terminal and len(batch) < EVENTS_PAGE:
+                yield sse("progress", progress_view(job_id, raw))
+                return
+            if batch:
+                raw = await self.broker.job(job_id)
+                if raw is not None and not is_terminal(raw):
+                    yield sse("progress", progress_view(job_id, raw))
+            else:
+                yield b": keepalive\n\n"
+                raw = await self.broker.job(job_id)
 
     def app(self) -> Starlette:
         g = self.guarded

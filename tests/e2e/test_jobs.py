@@ -1,0 +1,177 @@
+"""End to end: real master and worker processes on a real Redis, jobs from Python and the CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import redis
+
+import sje
+from tests.support import Proc, events_of, run_sje, wait_until
+
+
+def test_ten_thousand_inputs_across_two_workers_come_back_complete_and_in_order(
+    master: str, worker: Callable[..., Proc], r: redis.Redis, prefix: str
+) -> None:
+    worker("--concurrency", "1", "--name", "w1")
+    worker("--concurrency", "1", "--name", "w2")
+    inputs = list(range(10_000))
+    handle = sje.Job(task="tests.apps.sample_tasks.square", inputs=inputs).submit(
+        sje.Client(master)
+    )
+    assert handle.result(timeout=120) == [x * x for x in inputs]
+    status = handle.status()
+    assert status["state"] == "succeeded"
+    assert status["tasks"]["succeeded"] == 10_000
+    done_by = Counter(
+        e["worker"].rsplit("-", 1)[0] for e in events_of(r, prefix, handle.id)
+        if e["type"] == "task.succeeded"
+    )
+    assert set(done_by) == {"w1", "w2"}, done_by
+
+
+def test_reduce_receives_every_result_in_input_order(
+    master: str, worker: Callable[..., Proc]
+) -> None:
+    worker("--concurrency", "2")
+    client = sje.Client(master)
+    handle = client.submit(
+        {"task": "tests.apps.sample_tasks.square", "inputs": list(range(100)),
+         "reduce": "tests.total", "chunk-size": 7}
+    )
+    assert handle.result(timeout=60) == sum(x * x for x in range(100))
+    assert handle.status()["tasks"]["total"] == 16  # 15 chunks + the reduce step
+
+
+def test_chunked_job_results_are_flattened_in_input_order(
+    master: str, worker: Callable[..., Proc]
+) -> None:
+    worker("--concurrency", "2")
+    handle = sje.Client(master).submit(
+        {"task": "tests.apps.sample_tasks.square", "inputs": list(range(25)), "chunk_size": 4}
+    )
+    assert handle.result(timeout=60) == [x * x for x in range(25)]
+    assert handle.status()["tasks"]["total"] == 7
+
+
+def test_args_job_returns_the_single_value(master: str, worker: Callable[..., Proc]) -> None:
+    worker("--concurrency", "1")
+    handle = sje.Client(master).submit(
+        {"task": "tests.apps.sample_tasks.add", "args": [2, 3], "kwargs": {"scale": 10}}
+    )
+    assert handle.result(timeout=60) == 50
+
+
+def test_async_tasks_run_concurrently_inside_one_child_process(
+    master: str, worker: Callable[..., Proc]
+) -> None:
+    worker("--concurrency", "1")
+    # every call blocks until 20 are in flight at once: only concurrent execution can finish
+    handle = sje.Client(master).submit(
+        {"task": "tests.apps.sample_tasks.rendezvous", "inputs": [20] * 20}
+    )
+    results = handle.result(timeout=60)
+    assert len({row["pid"] for row in results}) == 1
+    assert all(row["arrived"] >= 20 for row in results)
+
+
+def test_async_client_submits_waits_and_observes(master: str, worker: Callable[..., Proc]) -> None:
+    worker("--concurrency", "1")
+
+    async def scenario() -> tuple[list[int], dict[str, object], list[str]]:
+        client = sje.AsyncClient(master)
+        handle = await client.submit(
+            {"task": "tests.apps.sample_tasks.async_square", "inputs": [1, 2, 3]}
+        )
+        seen: list[str] = []
+        finished: list[dict[str, object]] = []
+        watcher = handle.on_event(lambda e: seen.append(e["type"]))
+        completion = handle.on_complete(finished.append)
+        result = await handle.result(timeout=60)
+        await asyncio.wait_for(asyncio.gather(watcher, completion), 30)
+        await client.aclose()
+        return result, finished[0], seen
+
+    result, final, seen = asyncio.run(scenario())
+    assert result == [1, 4, 9]
+    assert final["state"] == "succeeded"
+    assert "task.succeeded" in seen
+
+
+def test_observer_callbacks_are_pushed_on_completion(
+    master: str, worker: Callable[..., Proc]
+) -> None:
+    worker("--concurrency", "1")
+    handle = sje.Client(master).submit({"task": "tests.apps.sample_tasks.square", "inputs": [3]})
+    done = threading.Event()
+    states: list[str] = []
+    events: list[str] = []
+    handle.on_event(lambda e: events.append(e["type"]))
+    handle.on_complete(lambda status: (states.append(status["state"]), done.set()))
+    assert done.wait(60)
+    assert states == ["succeeded"]
+    assert "task.started" in events and "task.succeeded" in events
+
+
+def test_cli_submit_wait_prints_result_and_status_json_has_counts(
+    master: str, worker: Callable[..., Proc], env: dict[str, str], tmp_path: Path
+) -> None:
+    worker("--concurrency", "1")
+    submit = tmp_path / "submit.yaml"
+    submit.write_text(
+        "job:\n  name: squares\n  task-def:\n    task: tests.apps.sample_tasks.square\n"
+        "    inputs: [1, 2, 3]\n"
+    )
+    done = run_sje("submit", "squares", "--config", str(submit), "--set", "inputs=[4,5]",
+                   "--wait", "--json", env=env)
+    assert done.returncode == 0, done.stderr
+    payload = json.loads(done.stdout)
+    assert payload["result"] == [16, 25]
+    status = run_sje("status", payload["id"], "--json", env=env)
+    view = json.loads(status.stdout)
+    assert view["id"] == payload["id"]
+    assert view["state"] == "succeeded"
+    assert view["tasks"]["succeeded"] == 2 and view["tasks"]["queued"] == 0
+    result = run_sje("result", payload["id"], env=env)
+    assert json.loads(result.stdout) == [16, 25]
+    listing = run_sje("jobs", "--json", env=env)
+    assert payload["id"] in [j["id"] for j in json.loads(listing.stdout)["jobs"]]
+    workers = run_sje("workers", "--json", env=env)
+    assert json.loads(workers.stdout)["workers"][0]["alive"] is True
+
+
+def test_cli_submit_without_wait_prints_only_the_job_id(
+    master: str, env: dict[str, str], tmp_path: Path, worker: Callable[..., Proc]
+) -> None:
+    worker("--concurrency", "1")
+    submit = tmp_path / "submit.yaml"
+    submit.write_text(
+        "jobs:\n  - name: one\n    task-def: {task: tests.apps.sample_tasks.square, args: [7]}\n"
+    )
+    done = run_sje("submit", "one", env={**env, "SJE_CONFIG_FILE": str(submit)})
+    assert done.returncode == 0, done.stderr
+    job_id = done.stdout.strip()
+    assert len(job_id) == 32
+    assert sje.Client(master).job(job_id).result(timeout=60) == 49
+
+
+def test_idempotency_key_returns_the_same_job_and_conflicts_on_other_payload(
+    master: str, env: dict[str, str]
+) -> None:
+    client = sje.Client(master)
+    job = {"task": "tests.apps.sample_tasks.square", "inputs": [1], "idempotency-key": "k-1",
+           "allow-unknown-task": True}
+    first = client.submit(job)
+    second = client.submit(job)
+    assert first.id == second.id
+    try:
+        client.submit({**job, "inputs": [2]})
+    except sje.IdempotencyConflict as exc:
+        assert "k-1" in exc.message and first.id in exc.message
+    else:
+        raise AssertionError("a different payload under the same key must conflict")
