@@ -55,8 +55,9 @@ def ensure_redis_server() -> tuple[str, subprocess.Popen[bytes] | None]:
         return url, None
     binary = shutil.which("redis-server")
     if binary is None:
-        subprocess.run(["apt-get", "install", "-y", "-q", "redis-server"], check=False,
-                       capture_output=True)
+        subprocess.run(
+            ["apt-get", "install", "-y", "-q", "redis-server"], check=False, capture_output=True
+        )
         binary = shutil.which("redis-server")
     if binary is None:
         raise RuntimeError(
@@ -66,7 +67,8 @@ def ensure_redis_server() -> tuple[str, subprocess.Popen[bytes] | None]:
     port = free_port()
     proc = subprocess.Popen(
         [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     url = f"redis://127.0.0.1:{port}/0"
     wait_until(lambda: redis_reachable(url), 20, f"the Redis server started on port {port}")
@@ -81,10 +83,16 @@ def sje_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def run_sje(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def run_sje(
+    *args: str, env: dict[str, str], timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
     """Run the real ``sje`` command line and capture its output."""
     return subprocess.run(
-        [sys.executable, "-m", "sje", *args], env=env, cwd=ROOT, capture_output=True, text=True,
+        [sys.executable, "-m", "sje", *args],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
         timeout=timeout,
     )
 
@@ -96,13 +104,21 @@ class Proc:
         self.args = args
         self.lines: list[str] = []
         self.popen = subprocess.Popen(
-            [sys.executable, "-m", "sje", *args], env=env, cwd=ROOT, text=True,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+            [sys.executable, "-m", "sje", *args],
+            env=env,
+            cwd=ROOT,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
-        wait_until(lambda: self.find(ready_marker) or self.popen.poll() is not None, 60,
-                   f"'{ready_marker}' from sje {' '.join(args)}")
+        wait_until(
+            lambda: self.find(ready_marker) or self.popen.poll() is not None,
+            60,
+            f"'{ready_marker}' from sje {' '.join(args)}",
+        )
         if self.popen.poll() is not None:
             self._reader.join(5)
             raise AssertionError(f"sje {' '.join(args)} exited early:\n" + self.output())

@@ -264,7 +264,7 @@ def _print_outcome(handle: JobHandle, view: dict[str, Any], as_json: bool) -> No
             print_json(view)
         tb = getattr(exc, "traceback", "")
         if tb and not as_json:
-            err.print(tb.rstrip(), highlight=False, markup=False)
+            err.print(tb.rstrip(), highlight=False, markup=False, soft_wrap=True)
         raise
     value = handle._fetch_results(view)
     if as_json:
@@ -384,7 +384,7 @@ def main() -> None:
     except SJEError as exc:
         if _debug:
             err.print_exception()
-        err.print(Text.assemble(("Error: ", "red"), exc.message), highlight=False)
+        err.print(Text.assemble(("Error: ", "red"), exc.message), highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
     except click.exceptions.Abort:
         sys.exit(130)

@@ -156,7 +156,7 @@ def load_settings(
     except ValidationError as exc:
         bad = str(exc.errors()[0]["loc"][0]) if exc.errors()[0]["loc"] else ""
         source = where
-        if bad in env_data and bad not in (flags or {}):
+        if bad in env_data and (flags or {}).get(bad) is None:
             source = f"environment variable {env_name(bad)}"
         raise ConfigError(describe_validation_error(exc, source)) from None
 

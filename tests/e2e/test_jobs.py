@@ -29,7 +29,8 @@ def test_ten_thousand_inputs_across_two_workers_come_back_complete_and_in_order(
     assert status["state"] == "succeeded"
     assert status["tasks"]["succeeded"] == 10_000
     done_by = Counter(
-        e["worker"].rsplit("-", 1)[0] for e in events_of(r, prefix, handle.id)
+        e["worker"].rsplit("-", 1)[0]
+        for e in events_of(r, prefix, handle.id)
         if e["type"] == "task.succeeded"
     )
     assert set(done_by) == {"w1", "w2"}, done_by
@@ -41,8 +42,12 @@ def test_reduce_receives_every_result_in_input_order(
     worker("--concurrency", "2")
     client = sje.Client(master)
     handle = client.submit(
-        {"task": "tests.apps.sample_tasks.square", "inputs": list(range(100)),
-         "reduce": "tests.total", "chunk-size": 7}
+        {
+            "task": "tests.apps.sample_tasks.square",
+            "inputs": list(range(100)),
+            "reduce": "tests.total",
+            "chunk-size": 7,
+        }
     )
     assert handle.result(timeout=60) == sum(x * x for x in range(100))
     assert handle.status()["tasks"]["total"] == 16  # 15 chunks + the reduce step
@@ -127,8 +132,17 @@ def test_cli_submit_wait_prints_result_and_status_json_has_counts(
         "job:\n  name: squares\n  task-def:\n    task: tests.apps.sample_tasks.square\n"
         "    inputs: [1, 2, 3]\n"
     )
-    done = run_sje("submit", "squares", "--config", str(submit), "--set", "inputs=[4,5]",
-                   "--wait", "--json", env=env)
+    done = run_sje(
+        "submit",
+        "squares",
+        "--config",
+        str(submit),
+        "--set",
+        "inputs=[4,5]",
+        "--wait",
+        "--json",
+        env=env,
+    )
     assert done.returncode == 0, done.stderr
     payload = json.loads(done.stdout)
     assert payload["result"] == [16, 25]
@@ -164,8 +178,12 @@ def test_idempotency_key_returns_the_same_job_and_conflicts_on_other_payload(
     master: str, env: dict[str, str]
 ) -> None:
     client = sje.Client(master)
-    job = {"task": "tests.apps.sample_tasks.square", "inputs": [1], "idempotency-key": "k-1",
-           "allow-unknown-task": True}
+    job = {
+        "task": "tests.apps.sample_tasks.square",
+        "inputs": [1],
+        "idempotency-key": "k-1",
+        "allow-unknown-task": True,
+    }
     first = client.submit(job)
     second = client.submit(job)
     assert first.id == second.id

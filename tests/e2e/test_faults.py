@@ -1,0 +1,270 @@
+"""Faults with real processes: killed and stopped workers, master restarts, retries, timeouts."""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Callable
+from pathlib import Path
+
+import psutil
+import pytest
+import redis
+
+import sje
+from tests.support import Proc, events_of, start_master, wait_until
+
+
+def _sleepers(tmp_path: Path, n: int, sleep: float) -> list[dict[str, object]]:
+    started = tmp_path / "started"
+    return [{"value": i, "sleep": sleep, "started": str(started)} for i in range(n)]
+
+
+def _started(tmp_path: Path) -> int:
+    folder = tmp_path / "started"
+    return len(list(folder.iterdir())) if folder.exists() else 0
+
+
+def test_sigkilled_worker_tasks_are_redelivered_after_the_lease_and_job_completes(
+    master: str, worker: Callable[..., Proc], r: redis.Redis, prefix: str, tmp_path: Path
+) -> None:
+    victim = worker("--concurrency", "2", "--name", "victim")
+    children = wait_until(lambda: psutil.Process(victim.pid).children(), 10, "worker children")
+    handle = sje.Client(master).submit(
+        {
+            "task": "tests.apps.sample_tasks.started_then_sleep",
+            "inputs": _sleepers(tmp_path, 6, 0.5),
+        }
+    )
+    wait_until(lambda: _started(tmp_path) >= 1, 30, "a task to start on the victim")
+    victim.signal(signal.SIGKILL)
+    victim.wait(10)
+    # the kernel kills the children with their worker
+    wait_until(
+        lambda: not any(c.is_running() and c.status() != psutil.STATUS_ZOMBIE for c in children),
+        10,
+        "the victim's children to die",
+    )
+    worker("--concurrency", "2", "--name", "rescuer")
+    assert handle.result(timeout=60) == list(range(6))
+    kinds = [e["type"] for e in events_of(r, prefix, handle.id)]
+    assert "task.redelivered" in kinds
+
+
+def test_sigterm_hands_back_unstarted_work_at_once_and_finishes_in_flight(
+    master: str, worker: Callable[..., Proc], r: redis.Redis, prefix: str, tmp_path: Path
+) -> None:
+    first = worker("--concurrency", "1", "--name", "first")
+    handle = sje.Client(master).submit(
+        {
+            "task": "tests.apps.sample_tasks.started_then_sleep",
+            "inputs": _sleepers(tmp_path, 4, 1.0),
+        }
+    )
+    wait_until(lambda: _started(tmp_path) >= 1, 30, "the first task to start")
+    first.signal(signal.SIGTERM)
+    assert first.wait(30) == 0
+    second = worker("--concurrency", "2", "--name", "second")
+    assert handle.result(timeout=60) == list(range(4))
+    events = events_of(r, prefix, handle.id)
+    by_first = [
+        e for e in events if e["type"] == "task.succeeded" and e["worker"].startswith("first-")
+    ]
+    assert len(by_first) == 1, "the in-flight task finishes within the grace period"
+    assert not [e for e in events if e["type"] == "task.redelivered"], "no lease had to expire"
+    assert second.popen.poll() is None
+
+
+def test_sigterm_after_grace_hands_back_running_tasks_immediately(
+    master: str,
+    env: dict[str, str],
+    worker: Callable[..., Proc],
+    r: redis.Redis,
+    prefix: str,
+    tmp_path: Path,
+) -> None:
+    env["SJE_SHUTDOWN_GRACE"] = "0"
+    first = worker("--concurrency", "2", "--name", "first")
+    handle = sje.Client(master).submit(
+        {"task": "tests.apps.sample_tasks.started_then_sleep", "inputs": _sleepers(tmp_path, 2, 30)}
+    )
+    wait_until(lambda: _started(tmp_path) >= 2, 30, "both tasks to start")
+    first.signal(signal.SIGTERM)
+    assert first.wait(30) == 0
+    released = [e for e in events_of(r, prefix, handle.id) if e["type"] == "task.released"]
+    assert len(released) == 2
+    assert r.zcard(f"{prefix}:q:default") == 2, "handed-back tasks are queued again at once"
+    handle.cancel()
+
+
+def test_master_killed_and_restarted_mid_job_still_completes(
+    env: dict[str, str], worker: Callable[..., Proc], procs: list[Proc], tmp_path: Path
+) -> None:
+    old, url = start_master(env)
+    procs.append(old)
+    env["SJE_MASTER"] = url
+    worker("--concurrency", "2")
+    handle = sje.Client(url).submit(
+        {
+            "task": "tests.apps.sample_tasks.started_then_sleep",
+            "inputs": _sleepers(tmp_path, 8, 0.3),
+        }
+    )
+    wait_until(lambda: _started(tmp_path) >= 1, 30, "the job to start")
+    old.signal(signal.SIGKILL)
+    old.wait(10)
+    new, new_url = start_master(env)
+    procs.append(new)
+    assert sje.Client(new_url).job(handle.id).result(timeout=60) == list(range(8))
+
+
+def test_two_masters_share_the_work_of_one_store(
+    env: dict[str, str], worker: Callable[..., Proc], procs: list[Proc]
+) -> None:
+    a, url_a = start_master(env)
+    b, url_b = start_master(env)
+    procs.extend([a, b])
+    worker("--concurrency", "1")
+    handle = sje.Client(url_a).submit({"task": "tests.apps.sample_tasks.square", "inputs": [5]})
+    assert sje.Client(url_b).job(handle.id).result(timeout=60) == [25]
+
+
+def test_long_task_keeps_its_lease_and_runs_exactly_once(
+    master: str,
+    env: dict[str, str],
+    worker: Callable[..., Proc],
+    r: redis.Redis,
+    prefix: str,
+    tmp_path: Path,
+) -> None:
+    env["SJE_LEASE_TIMEOUT"] = "1"
+    env["SJE_HEARTBEAT_INTERVAL"] = "0.2"
+    worker("--concurrency", "1")
+    log = tmp_path / "runs.log"
+    handle = sje.Client(master).submit(
+        {
+            "task": "tests.apps.sample_tasks.record",
+            "inputs": [{"value": 1, "sleep": 3.5, "log": str(log)}],
+        }
+    )
+    assert handle.result(timeout=60) == [1]
+    assert len(log.read_text().splitlines()) == 1
+    assert "task.redelivered" not in [e["type"] for e in events_of(r, prefix, handle.id)]
+
+
+def test_raising_task_is_retried_per_policy_then_job_fails_with_traceback(
+    master: str, worker: Callable[..., Proc], r: redis.Redis, prefix: str
+) -> None:
+    worker("--concurrency", "1")
+    handle = sje.Client(master).submit(
+        {"task": "tests.apps.sample_tasks.boom", "inputs": ["x"], "retries": 2, "backoff": 0.05}
+    )
+    with pytest.raises(sje.JobFailed) as failure:
+        handle.result(timeout=60)
+    assert "attempt 3" in failure.value.message
+    assert "ValueError: boom on 'x'" in failure.value.message
+    status = handle.status()
+    assert status["state"] == "failed"
+    error = status["task_errors"]["0"]
+    assert error["attempt"] == 3
+    assert "raise ValueError" in error["traceback"]
+    kinds = [e["type"] for e in events_of(r, prefix, handle.id)]
+    assert kinds.count("task.retrying") == 2
+    assert kinds.count("task.started") == 3
+
+
+def test_flaky_task_succeeds_within_its_retries(
+    master: str, worker: Callable[..., Proc], tmp_path: Path
+) -> None:
+    worker("--concurrency", "1")
+    item = {"marker": str(tmp_path / "calls"), "fail_times": 2}
+    handle = sje.Client(master).submit(
+        {"task": "tests.apps.sample_tasks.flaky", "inputs": [item], "retries": 3, "backoff": 0.05}
+    )
+    assert handle.result(timeout=60) == ["ok after 3"]
+
+
+def test_hanging_task_is_killed_at_its_timeout_and_the_worker_keeps_serving(
+    master: str, worker: Callable[..., Proc]
+) -> None:
+    w = worker("--concurrency", "1")
+    client = sje.Client(master)
+    hung = client.submit({"task": "tests.apps.sample_tasks.hang", "inputs": [1], "timeout": 1})
+    with pytest.raises(sje.JobFailed, match="TaskTimeout: task timed out after 1.0s"):
+        hung.result(timeout=60)
+    after = client.submit({"task": "tests.apps.sample_tasks.square", "inputs": [9]})
+    assert after.result(timeout=60) == [81]
+    assert w.popen.poll() is None
+
+
+def test_crashing_child_fails_only_its_task_and_is_replaced(
+    master: str, worker: Callable[..., Proc]
+) -> None:
+    w = worker("--concurrency", "1")
+    client = sje.Client(master)
+    crashed = client.submit({"task": "tests.apps.sample_tasks.die", "inputs": [1]})
+    with pytest.raises(
+        sje.JobFailed, match="ChildCrashed: the child process .* died \\(signal 9\\)"
+    ):
+        crashed.result(timeout=60)
+    assert client.submit({"task": "tests.apps.sample_tasks.square", "inputs": [4]}).result(
+        timeout=60
+    ) == [16]
+    assert w.popen.poll() is None
+
+
+def test_cancel_drops_queued_tasks_and_stops_running_ones(
+    master: str, worker: Callable[..., Proc], r: redis.Redis, prefix: str, tmp_path: Path
+) -> None:
+    w = worker("--concurrency", "1")
+    client = sje.Client(master)
+    handle = client.submit(
+        {
+            "task": "tests.apps.sample_tasks.started_then_sleep",
+            "inputs": _sleepers(tmp_path, 5, 3600),
+        }
+    )
+    wait_until(lambda: _started(tmp_path) == 1, 30, "the first task to start")
+    view = handle.cancel()
+    assert view["cancelled"] is True and view["state"] == "cancelled"
+    assert view["tasks"]["cancelled"] == 5
+    assert r.zcard(f"{prefix}:q:default") == 0
+    # the running task's child is killed at the next heartbeat: the worker is free again
+    after = client.submit({"task": "tests.apps.sample_tasks.square", "inputs": [3]})
+    assert after.result(timeout=30) == [9]
+    with pytest.raises(sje.JobFailed, match="cancelled"):
+        handle.result(timeout=10)
+    assert handle.cancel()["cancelled"] is False
+    assert w.popen.poll() is None
+
+
+def test_job_timeout_ends_the_job_as_timed_out(master: str, worker: Callable[..., Proc]) -> None:
+    worker("--concurrency", "1")
+    handle = sje.Client(master).submit(
+        {"task": "tests.apps.sample_tasks.hang", "inputs": [1, 2], "job-timeout": "1s"}
+    )
+    with pytest.raises(sje.JobTimeout) as timeout:
+        handle.result(timeout=60)
+    assert timeout.value.message == (
+        f"Job timeout: job {handle.id} ran longer than its job-timeout of 1.0s"
+    )
+    assert handle.status()["state"] == "timed_out"
+
+
+def test_unregistered_task_name_fails_on_the_worker_with_a_clear_reason(
+    master: str, worker: Callable[..., Proc]
+) -> None:
+    worker("--concurrency", "1")
+    handle = sje.Client(master).submit(
+        {"task": "os.system", "args": ["echo pwned"], "allow-unknown-task": True}
+    )
+    with pytest.raises(sje.JobFailed, match="UnknownTask: Unknown task 'os.system'"):
+        handle.result(timeout=60)
+
+
+def test_result_that_is_not_json_fails_the_task_with_a_clear_reason(
+    master: str, worker: Callable[..., Proc]
+) -> None:
+    worker("--concurrency", "1")
+    handle = sje.Client(master).submit({"task": "tests.apps.sample_tasks.not_json", "args": [1]})
+    with pytest.raises(sje.JobFailed, match="returned a object, which is not JSON"):
+        handle.result(timeout=60)
