@@ -23,7 +23,7 @@ T = TypeVar("T")
 def wait_until(
     condition: Callable[[], T], timeout: float = 30.0, what: str = "condition", every: float = 0.05
 ) -> T:
-    """Poll ``condition`` until it returns something truthy; fail with ``what`` after ``timeout``."""
+    """Poll ``condition`` until it returns something truthy; fail naming ``what`` on timeout."""
     deadline = time.monotonic() + timeout
     while True:
         value = condition()
@@ -171,5 +171,5 @@ def start_worker(env: dict[str, str], *extra: str, tasks: str = "tests.apps.samp
 
 def events_of(r: redis.Redis, prefix: str, job_id: str) -> list[dict[str, Any]]:
     """Every event recorded for a job, oldest first, decoded."""
-    raw = r.xrange(f"{prefix}:job:{job_id}:ev")
+    raw: Any = r.xrange(f"{prefix}:job:{job_id}:ev")  # redis-py types replies as bytes | str
     return [{k.decode(): v.decode() for k, v in fields.items()} for _id, fields in raw]

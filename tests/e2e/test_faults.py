@@ -189,7 +189,7 @@ def test_hanging_task_is_killed_at_its_timeout_and_the_worker_keeps_serving(
     w = worker("--concurrency", "1")
     client = sje.Client(master)
     hung = client.submit({"task": "tests.apps.sample_tasks.hang", "inputs": [1], "timeout": 1})
-    with pytest.raises(sje.JobFailed, match="TaskTimeout: task timed out after 1.0s"):
+    with pytest.raises(sje.JobFailed, match=r"TaskTimeout: task timed out after 1\.0s"):
         hung.result(timeout=60)
     after = client.submit({"task": "tests.apps.sample_tasks.square", "inputs": [9]})
     assert after.result(timeout=60) == [81]
@@ -203,7 +203,7 @@ def test_crashing_child_fails_only_its_task_and_is_replaced(
     client = sje.Client(master)
     crashed = client.submit({"task": "tests.apps.sample_tasks.die", "inputs": [1]})
     with pytest.raises(
-        sje.JobFailed, match="ChildCrashed: the child process .* died \\(signal 9\\)"
+        sje.JobFailed, match=r"ChildCrashed: the child process .* died \(signal 9\)"
     ):
         crashed.result(timeout=60)
     assert client.submit({"task": "tests.apps.sample_tasks.square", "inputs": [4]}).result(
@@ -257,7 +257,7 @@ def test_unregistered_task_name_fails_on_the_worker_with_a_clear_reason(
     handle = sje.Client(master).submit(
         {"task": "os.system", "args": ["echo pwned"], "allow-unknown-task": True}
     )
-    with pytest.raises(sje.JobFailed, match="UnknownTask: Unknown task 'os.system'"):
+    with pytest.raises(sje.JobFailed, match=r"UnknownTask: Unknown task 'os\.system'"):
         handle.result(timeout=60)
 
 

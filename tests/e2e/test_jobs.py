@@ -12,7 +12,7 @@ from pathlib import Path
 import redis
 
 import sje
-from tests.support import Proc, events_of, run_sje, wait_until
+from tests.support import Proc, events_of, run_sje
 
 
 def test_ten_thousand_inputs_across_two_workers_come_back_complete_and_in_order(
@@ -117,7 +117,12 @@ def test_observer_callbacks_are_pushed_on_completion(
     states: list[str] = []
     events: list[str] = []
     handle.on_event(lambda e: events.append(e["type"]))
-    handle.on_complete(lambda status: (states.append(status["state"]), done.set()))
+
+    def completed(status: dict[str, object]) -> None:
+        states.append(str(status["state"]))
+        done.set()
+
+    handle.on_complete(completed)
     assert done.wait(60)
     assert states == ["succeeded"]
     assert "task.started" in events and "task.succeeded" in events

@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Install SJE and its development tools into .venv, and make sure a Redis server is reachable
+# (installing and starting one when it is not). Safe to run again; it only does what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+REDIS_URL_HOST=127.0.0.1
+REDIS_PORT=${SJE_REDIS_PORT:-6379}
+
+say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+
+"$PYTHON" - <<'PY' || { echo "SJE needs Python >= 3.10 (found $("$PYTHON" --version 2>&1)); set PYTHON=..." >&2; exit 1; }
+import sys
+sys.exit(0 if sys.version_info >= (3, 10) else 1)
+PY
+
+if [ ! -x .venv/bin/python ]; then
+  say "creating .venv"
+  "$PYTHON" -m venv .venv
+fi
+if ! .venv/bin/python -c "import sje, pytest, ruff, mypy" 2>/dev/null \
+   || [ pyproject.toml -nt .venv/.sje-installed ]; then
+  say "installing SJE and its development tools into .venv"
+  .venv/bin/python -m pip install -q --upgrade "pip>=25.1"
+  .venv/bin/python -m pip install -q -e . --group dev
+  touch .venv/.sje-installed
+fi
+
+apt_install() {
+  if ! command -v apt-get >/dev/null; then
+    echo "Cannot install $* automatically (no apt-get): install it with your package manager." >&2
+    exit 1
+  fi
+  say "installing $* with apt-get"
+  apt-get update -q >/dev/null || true
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@" >/dev/null
+}
+
+redis_up() {
+  .venv/bin/python - "$REDIS_URL_HOST" "$REDIS_PORT" <<'PY'
+import socket, sys
+try:
+    with socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=1) as s:
+        s.sendall(b"PING\r\n")
+        sys.exit(0 if s.recv(64).startswith(b"+PONG") else 1)
+except OSError:
+    sys.exit(1)
+PY
+}
+
+if ! redis_up; then
+  command -v redis-server >/dev/null || apt_install redis-server
+  say "starting redis-server on $REDIS_URL_HOST:$REDIS_PORT (append-only file in .sje-data/redis)"
+  mkdir -p .sje-data/redis
+  redis-server --daemonize yes --bind "$REDIS_URL_HOST" --port "$REDIS_PORT" \
+    --appendonly yes --dir "$PWD/.sje-data/redis" --logfile "$PWD/.sje-data/redis/redis.log"
+  for _ in $(seq 1 50); do redis_up && break; sleep 0.1; done
+  redis_up || { echo "redis-server did not come up; see .sje-data/redis/redis.log" >&2; exit 1; }
+fi
+say "ready: .venv is installed and Redis answers on $REDIS_URL_HOST:$REDIS_PORT"
