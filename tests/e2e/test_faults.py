@@ -96,6 +96,23 @@ def test_sigterm_after_grace_hands_back_running_tasks_immediately(
     handle.cancel()
 
 
+def test_busy_worker_does_not_hoard_tasks_an_idle_worker_can_run(
+    master: str, worker: Callable[..., Proc], tmp_path: Path
+) -> None:
+    worker("--concurrency", "1", "--name", "busy")
+    items = _sleepers(tmp_path, 4, 0)
+    items[0]["sleep"] = 3600
+    handle = sje.Client(master).submit(
+        {"task": "tests.apps.sample_tasks.started_then_sleep", "inputs": items}
+    )
+    wait_until(lambda: _started(tmp_path) >= 1, 30, "the long task to start")
+    worker("--concurrency", "1", "--name", "idle")
+    # only a worker that fetched no more than its free slot leaves the short tasks to the other
+    wait_until(lambda: handle.status()["tasks"]["succeeded"] == 3, 30, "the short tasks")
+    assert handle.status()["tasks"]["running"] == 1
+    handle.cancel()
+
+
 def test_master_killed_and_restarted_mid_job_still_completes(
     env: dict[str, str], worker: Callable[..., Proc], procs: list[Proc], tmp_path: Path
 ) -> None:

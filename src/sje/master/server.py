@@ -76,5 +76,8 @@ class Master:
 
         app = Api(broker, s).app()
         app.router.lifespan_context = lifespan
-        config = uvicorn.Config(app, log_level="warning", lifespan="on", access_log=False)
+        # open event streams must not hold a stopping master hostage
+        config = uvicorn.Config(
+            app, log_level="warning", lifespan="on", access_log=False, timeout_graceful_shutdown=3
+        )
         await uvicorn.Server(config).serve(sockets=[sock])
