@@ -4,7 +4,11 @@ Public API: ``@sje.task`` to make a task function, ``sje.Job(job_def).submit()``
 job, ``sje.Client`` / ``sje.AsyncClient`` to talk to a master, and the error classes.
 """
 
-from sje.client import AsyncClient, AsyncJobHandle, Client, Job, JobHandle
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from sje.errors import (
     BrokerError,
     ConfigError,
@@ -20,8 +24,33 @@ from sje.errors import (
     UnknownTask,
     WorkerError,
 )
-from sje.models import JobState, TaskState
 from sje.tasks import Task, task
+
+if TYPE_CHECKING:
+    from sje.client import AsyncClient, AsyncJobHandle, Client, Job, JobHandle
+    from sje.models import JobState, TaskState
+
+# The client side (httpx, pydantic) loads on first use, so the child processes that import
+# ``sje`` for ``@sje.task`` stay small.
+_LAZY = {
+    "AsyncClient": "sje.client",
+    "AsyncJobHandle": "sje.client",
+    "Client": "sje.client",
+    "Job": "sje.client",
+    "JobHandle": "sje.client",
+    "JobState": "sje.models",
+    "TaskState": "sje.models",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'sje' has no attribute '{name}'")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
 
 __version__ = "0.1.0"
 

@@ -57,10 +57,16 @@ def _unreachable(url: str, exc: Exception) -> MasterError:
 
 
 class SSEParser:
-    """Incremental Server-Sent Events parser: feed lines, get events when a blank line ends one."""
+    """Incremental Server-Sent Events parser: feed lines, get events when a blank line ends one.
 
-    def __init__(self) -> None:
+    Remembers the last event id (``after``, to resume from) and whether the stream reached the
+    job's final ``progress`` snapshot (``finished``).
+    """
+
+    def __init__(self, after: str = "0") -> None:
         self._fields: dict[str, str] = {}
+        self.after = after
+        self.finished = False
 
     def feed(self, line: str) -> Event | None:
         if line:
@@ -73,7 +79,8 @@ class SSEParser:
             return None
         event: Event = {**orjson.loads(fields["data"]), "type": fields.get("event", "message")}
         if "id" in fields:
-            event["id"] = fields["id"]
+            event["id"] = self.after = fields["id"]
+        self.finished = event["type"] == "progress" and final_state(event)
         return event
 
 
@@ -139,7 +146,7 @@ class Client:
     def events(self, job_id: str, timeout: float | None = None) -> Iterator[Event]:
         """Pushed events of a job until it ends: ``progress`` snapshots and task/job events."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        after = "0"
+        parser = SSEParser()
         while True:
             try:
                 read = (
@@ -148,20 +155,17 @@ class Client:
                 with self._http.stream(
                     "GET",
                     f"/api/v1/jobs/{job_id}/events",
-                    params={"after": after},
+                    params={"after": parser.after},
                     timeout=httpx.Timeout(read, connect=5.0),
                 ) as response:
                     if response.status_code >= 400:
                         response.read()
                         _raise_for(response, self.url)
-                    parser = SSEParser()
                     for line in response.iter_lines():
                         event = parser.feed(line)
-                        if event is None:
-                            continue
-                        after = event.get("id", after)
-                        yield event
-                        if event["type"] == "progress" and final_state(event):
+                        if event is not None:
+                            yield event
+                        if parser.finished:
                             return
             except httpx.ReadTimeout:
                 pass
@@ -304,23 +308,20 @@ class AsyncClient:
         return AsyncJobHandle(self, job_id)
 
     async def events(self, job_id: str) -> AsyncIterator[Event]:
-        after = "0"
+        parser = SSEParser()
         while True:
             try:
                 async with self._http.stream(
-                    "GET", f"/api/v1/jobs/{job_id}/events", params={"after": after}
+                    "GET", f"/api/v1/jobs/{job_id}/events", params={"after": parser.after}
                 ) as response:
                     if response.status_code >= 400:
                         await response.aread()
                         _raise_for(response, self.url)
-                    parser = SSEParser()
                     async for line in response.aiter_lines():
                         event = parser.feed(line)
-                        if event is None:
-                            continue
-                        after = event.get("id", after)
-                        yield event
-                        if event["type"] == "progress" and final_state(event):
+                        if event is not None:
+                            yield event
+                        if parser.finished:
                             return
             except httpx.ReadTimeout:
                 continue

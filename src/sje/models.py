@@ -24,7 +24,6 @@ from sje.errors import InvalidJob
 
 WIRE_VERSION = 1
 MAX_PRIORITY = 9
-DEFAULT_QUEUE = "default"
 
 
 class JobState(str, enum.Enum):
@@ -170,33 +169,6 @@ def parse_job(data: Mapping[str, Any], where: str = "job definition") -> JobSpec
         return JobSpec.model_validate(fields)
     except ValidationError as exc:
         raise InvalidJob(describe_validation_error(exc, where)) from None
-
-
-@dataclass(frozen=True, slots=True)
-class TaskDefaults:
-    """Options a task function declares with ``@sje.task``; a job's own options win."""
-
-    queue: str = DEFAULT_QUEUE
-    priority: int = 0
-    retries: int = 0
-    backoff: float = 1.0
-    backoff_max: float = 300.0
-    timeout: float | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "queue": self.queue,
-            "priority": self.priority,
-            "retries": self.retries,
-            "backoff": self.backoff,
-            "backoff_max": self.backoff_max,
-            "timeout": self.timeout,
-        }
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> TaskDefaults:
-        known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
-        return cls(**known)
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,13 +10,41 @@ from __future__ import annotations
 import importlib
 import inspect
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any, Generic, TypeVar, overload
 
 from sje.errors import WorkerError
-from sje.models import DEFAULT_QUEUE, TaskDefaults
 
 R = TypeVar("R")
+DEFAULT_QUEUE = "default"
+
+
+@dataclass(frozen=True, slots=True)
+class TaskDefaults:
+    """Options a task function declares with ``@sje.task``; a job's own options win."""
+
+    queue: str = DEFAULT_QUEUE
+    priority: int = 0
+    retries: int = 0
+    backoff: float = 1.0
+    backoff_max: float = 300.0
+    timeout: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "queue": self.queue,
+            "priority": self.priority,
+            "retries": self.retries,
+            "backoff": self.backoff,
+            "backoff_max": self.backoff_max,
+            "timeout": self.timeout,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> TaskDefaults:
+        known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
+        return cls(**known)
 
 
 class Task(Generic[R]):

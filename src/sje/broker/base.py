@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from sje.models import TaskDefaults, TaskMessage
+from sje.models import TaskMessage
+from sje.tasks import TaskDefaults
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,7 +32,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from sje.broker.base import NewJob, SubmitOutcome
 from sje.errors import BrokerError
-from sje.models import TaskDefaults, TaskMessage, dumps, loads
+from sje.models import TaskMessage, dumps, loads
+from sje.tasks import TaskDefaults
 
 _SCRIPTS = (
     "submit",

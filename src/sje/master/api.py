@@ -30,8 +30,9 @@ from sje.errors import (
 )
 from sje.master.planner import check_tasks, plan
 from sje.master.views import is_terminal, job_view, progress_view, sse
-from sje.models import TaskDefaults, parse_job
+from sje.models import parse_job
 from sje.results import flatten, task_range
+from sje.tasks import TaskDefaults
 
 log = logging.getLogger(__name__)
 

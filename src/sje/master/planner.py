@@ -9,7 +9,8 @@ from sje.broker.base import NewJob
 from sje.broker.redis import payload_hash
 from sje.config import MasterSettings
 from sje.errors import UnknownTask
-from sje.models import JobSpec, TaskDefaults, dumps
+from sje.models import JobSpec, dumps
+from sje.tasks import TaskDefaults
 
 
 def check_tasks(spec: JobSpec, catalog: dict[str, TaskDefaults]) -> None:
