@@ -167,6 +167,8 @@ class Client:
                             yield event
                         if parser.finished:
                             return
+                        if deadline is not None and time.monotonic() >= deadline:
+                            break
             except httpx.ReadTimeout:
                 pass
             except httpx.TransportError as exc:

@@ -267,6 +267,17 @@ def test_job_timeout_ends_the_job_as_timed_out(master: str, worker: Callable[...
     assert handle.status()["state"] == "timed_out"
 
 
+def test_waiting_with_a_timeout_gives_up_without_touching_the_job(
+    master: str, worker: Callable[..., Proc]
+) -> None:
+    worker("--concurrency", "1")
+    handle = sje.Client(master).submit({"task": "tests.apps.sample_tasks.hang", "inputs": [1]})
+    with pytest.raises(sje.JobTimeout, match=r"did not finish within 1\.5s of waiting"):
+        handle.wait(timeout=1.5)
+    assert handle.status()["state"] in ("pending", "running")
+    handle.cancel()
+
+
 def test_unregistered_task_name_fails_on_the_worker_with_a_clear_reason(
     master: str, worker: Callable[..., Proc]
 ) -> None:
