@@ -25,7 +25,9 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 def bind_socket(host: str, port: int) -> socket.socket:
     """Bind the listening socket up front so a taken port is a clear error, not a log line."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # proto must be IPPROTO_TCP: asyncio only sets TCP_NODELAY on such sockets, and without it
+    # every response waits ~40 ms for the client's delayed ACK (Nagle)
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))

@@ -212,6 +212,7 @@ class Worker:
         if self.pool.needs_retirement(child):
             self._background_run(self.pool.replace(child))
         self._dispatch_waiting()
+        self._wake.set()  # the child is free: fetch its next task while the outcome is stored
 
     def _child_died(self, child: Child) -> None:
         code = child.process.exitcode
