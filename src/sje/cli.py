@@ -28,6 +28,7 @@ from sje.config import (
     WorkerSettings,
     config_path,
     load_settings,
+    printable,
     read_yaml,
 )
 from sje.errors import ConfigError, SJEError
@@ -185,6 +186,21 @@ def up(config_file: str | None, example: bool, n_workers: int, tasks: tuple[str,
     sys.exit(
         run_up(config_path(config_file), example, n_workers, list(tasks), out, err, _show_progress)
     )
+
+
+@cli.command("config")
+@common
+@json_flag
+@click.argument("component", type=click.Choice(["master", "worker", "client"]))
+def show_config(config_file: str | None, as_json: bool, component: str) -> None:
+    """Print the effective settings of a component (file + environment), secrets hidden."""
+    model = {"master": MasterSettings, "worker": WorkerSettings, "client": ClientSettings}
+    settings = load_settings(model[component], config_path(config_file))
+    data = printable(settings)
+    if as_json:
+        print_json(data)
+    else:
+        sys.stdout.write(yaml.safe_dump(data, sort_keys=False))
 
 
 # -- client commands ----------------------------------------------------------------------

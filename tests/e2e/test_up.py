@@ -1,0 +1,51 @@
+"""The README's first command: `sje up --example` runs the example job end to end."""
+
+from __future__ import annotations
+
+import psutil
+
+from tests.support import run_sje
+
+
+def test_up_example_runs_the_primes_job_correctly_and_stops_what_it_started(
+    env: dict[str, str],
+) -> None:
+    before = {p.pid for p in psutil.process_iter()}
+    done = run_sje("up", "--example", env=env, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Result: 148,933 primes below 2,000,000 (correct)" in done.stdout
+    leftovers = [
+        p
+        for p in psutil.process_iter(["pid", "cmdline"])
+        if p.pid not in before
+        and "sje" in " ".join(p.info["cmdline"] or [])
+        and ("master" in (p.info["cmdline"] or []) or "worker" in (p.info["cmdline"] or []))
+    ]
+    assert leftovers == []
+
+
+def test_up_without_redis_says_how_to_start_it(env: dict[str, str]) -> None:
+    done = run_sje("up", "--example", env={**env, "SJE_BROKER_URL": "redis://127.0.0.1:1/0"})
+    assert done.returncode == 3
+    assert "Cannot reach Redis at 127.0.0.1:1" in done.stderr
+
+
+def test_config_command_prints_effective_settings_with_secrets_hidden(
+    env: dict[str, str],
+) -> None:
+    done = run_sje(
+        "config",
+        "master",
+        "--config",
+        "config/master.yaml",
+        env={
+            **env,
+            "SJE_PORT": "8181",
+            "SJE_TOKEN": "hunter2",
+            "SJE_BROKER_URL": "redis://user:pw@127.0.0.1:6379/0",
+        },
+    )
+    assert done.returncode == 0, done.stderr
+    assert "port: 8181" in done.stdout
+    assert "hunter2" not in done.stdout and "token: '***'" in done.stdout
+    assert "redis://user:***@127.0.0.1:6379/0" in done.stdout
