@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 import click
 import orjson
 import yaml
+from pydantic import BaseModel
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -194,8 +195,12 @@ def up(config_file: str | None, example: bool, n_workers: int, tasks: tuple[str,
 @click.argument("component", type=click.Choice(["master", "worker", "client"]))
 def show_config(config_file: str | None, as_json: bool, component: str) -> None:
     """Print the effective settings of a component (file + environment), secrets hidden."""
-    model = {"master": MasterSettings, "worker": WorkerSettings, "client": ClientSettings}
-    settings = load_settings(model[component], config_path(config_file))
+    models: dict[str, type[BaseModel]] = {
+        "master": MasterSettings,
+        "worker": WorkerSettings,
+        "client": ClientSettings,
+    }
+    settings = load_settings(models[component], config_path(config_file))
     data = printable(settings)
     if as_json:
         print_json(data)
