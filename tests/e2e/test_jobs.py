@@ -198,3 +198,44 @@ def test_idempotency_key_returns_the_same_job_and_conflicts_on_other_payload(
         assert "k-1" in exc.message and first.id in exc.message
     else:
         raise AssertionError("a different payload under the same key must conflict")
+
+
+def test_workers_serve_only_their_queues(
+    master: str, worker: Callable[..., Proc], tmp_path: Path
+) -> None:
+    worker("--concurrency", "1", "--queues", "default")
+    client = sje.Client(master)
+    log = tmp_path / "runs.log"
+    handle = client.submit(
+        {
+            "task": "tests.apps.sample_tasks.record",
+            "queue": "reports",
+            "inputs": [{"value": 1, "log": str(log)}],
+        }
+    )
+    # a probe job on the default queue finishing proves the worker was polling all along
+    assert (
+        client.submit({"task": "tests.apps.sample_tasks.square", "args": [2]}).result(timeout=30)
+        == 4
+    )
+    assert handle.status()["state"] == "pending" and not log.exists()
+    worker("--concurrency", "1", "--queues", "reports,default")
+    assert handle.result(timeout=30) == [1]
+
+
+def test_children_are_recycled_after_max_tasks_per_child(
+    master: str, env: dict[str, str], worker: Callable[..., Proc], tmp_path: Path
+) -> None:
+    env["SJE_MAX_TASKS_PER_CHILD"] = "2"
+    worker("--concurrency", "1")
+    log = tmp_path / "runs.log"
+    handle = sje.Client(master).submit(
+        {
+            "task": "tests.apps.sample_tasks.record",
+            "inputs": [{"value": i, "log": str(log)} for i in range(6)],
+        }
+    )
+    assert handle.result(timeout=60) == list(range(6))
+    pids = [line.split()[1] for line in log.read_text().splitlines()]
+    assert len(pids) == 6
+    assert len(set(pids)) == 3, pids
