@@ -268,7 +268,7 @@ def _show_progress(handle: JobHandle, timeout: float | None) -> None:
     )
     with Progress(*columns, console=err, transient=False) as bar:
         task_id = bar.add_task(handle.id[:12], total=None, detail="")
-        for event in handle.client.events(handle.id, timeout):
+        for event in handle.client.events(handle.id, timeout, job_level=True):
             if event["type"] != "progress":
                 continue
             t = event["tasks"]

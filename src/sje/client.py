@@ -84,6 +84,10 @@ class SSEParser:
         return event
 
 
+def _event_params(after: str, job_level: bool) -> dict[str, str]:
+    return {"after": after, "scope": "job"} if job_level else {"after": after}
+
+
 def final_state(view: Mapping[str, Any]) -> bool:
     return JobState(view["state"]).is_terminal
 
@@ -143,8 +147,11 @@ class Client:
     def health(self) -> dict[str, Any]:
         return dict(self.request("GET", "/health"))
 
-    def events(self, job_id: str, timeout: float | None = None) -> Iterator[Event]:
-        """Pushed events of a job until it ends: ``progress`` snapshots and task/job events."""
+    def events(
+        self, job_id: str, timeout: float | None = None, job_level: bool = False
+    ) -> Iterator[Event]:
+        """Pushed events of a job until it ends: ``progress`` snapshots and job events, and with
+        ``job_level=False`` every task event too."""
         deadline = None if timeout is None else time.monotonic() + timeout
         parser = SSEParser()
         while True:
@@ -155,7 +162,7 @@ class Client:
                 with self._http.stream(
                     "GET",
                     f"/api/v1/jobs/{job_id}/events",
-                    params={"after": parser.after},
+                    params=_event_params(parser.after, job_level),
                     timeout=httpx.Timeout(read, connect=5.0),
                 ) as response:
                     if response.status_code >= 400:
@@ -213,7 +220,7 @@ class JobHandle:
 
     def wait(self, timeout: float | None = None) -> dict[str, Any]:
         """Block until the job ends (pushed, no polling); returns its final status record."""
-        for _ in self.client.events(self.id, timeout):
+        for _ in self.client.events(self.id, timeout, job_level=True):
             pass
         return self.status()
 
@@ -309,12 +316,14 @@ class AsyncClient:
     def job(self, job_id: str) -> AsyncJobHandle:
         return AsyncJobHandle(self, job_id)
 
-    async def events(self, job_id: str) -> AsyncIterator[Event]:
+    async def events(self, job_id: str, job_level: bool = False) -> AsyncIterator[Event]:
         parser = SSEParser()
         while True:
             try:
                 async with self._http.stream(
-                    "GET", f"/api/v1/jobs/{job_id}/events", params={"after": parser.after}
+                    "GET",
+                    f"/api/v1/jobs/{job_id}/events",
+                    params=_event_params(parser.after, job_level),
                 ) as response:
                     if response.status_code >= 400:
                         await response.aread()
@@ -346,7 +355,7 @@ class AsyncJobHandle:
 
     async def wait(self, timeout: float | None = None) -> dict[str, Any]:
         async def drain() -> None:
-            async for _ in self.client.events(self.id):
+            async for _ in self.client.events(self.id, job_level=True):
                 pass
 
         try:

@@ -265,13 +265,13 @@ class RedisBroker:
         return str(out[0].decode())
 
     async def events(
-        self, job_id: str, after: str, block_ms: int | None
+        self, job_id: str, after: str, block_ms: int | None, job_level: bool = False
     ) -> list[tuple[str, dict[str, str]]]:
-        """Events after stream id ``after``; waits up to ``block_ms`` (None: not at all)."""
+        """Events after stream id ``after``, all or ``job_level`` only; waits up to
+        ``block_ms`` for one to arrive (None: not at all)."""
+        stream = self._key("job", job_id, "jev" if job_level else "ev")
         with self._errors():
-            reply = await self._redis.xread(
-                {self._key("job", job_id, "ev"): after}, count=EVENTS_PAGE, block=block_ms
-            )
+            reply = await self._redis.xread({stream: after}, count=EVENTS_PAGE, block=block_ms)
         out = []
         for _stream, entries in reply or []:
             for entry_id, fields in entries:

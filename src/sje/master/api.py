@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 Handler = Callable[[Request], Awaitable[Response]]
 _CATALOG_TTL_S = 2.0
 _MAX_PAGE = 10_000
+_PROGRESS_EVERY_MS = 500
+_KEEPALIVE_MS = 5000
 
 
 def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -206,31 +208,34 @@ class Api:
         return json_response({"workers": rows})
 
     async def events(self, request: Request) -> Response:
+        """SSE. ``?scope=job`` sends job-level events and a progress snapshot at least every
+        half second (what ``wait()`` and progress bars need); the default sends every event."""
         job_id = request.path_params["job_id"]
         await self._job_or_404(job_id)
         after = request.headers.get("last-event-id") or request.query_params.get("after", "0")
-        return StreamingResponse(self._event_stream(job_id, after), media_type="text/event-stream")
+        job_level = request.query_params.get("scope") == "job"
+        stream = self._event_stream(job_id, after, job_level)
+        return StreamingResponse(stream, media_type="text/event-stream")
 
-    async def _event_stream(self, job_id: str, after: str) -> AsyncIterator[bytes]:
-        """Stored events after ``after`` (a replay for late observers), then live ones; a
-        ``progress`` snapshot follows each batch and the last one shows the final state."""
+    async def _event_stream(self, job_id: str, after: str, job_level: bool) -> AsyncIterator[bytes]:
+        """Stored events after ``after`` (a replay for late observers), then live ones, with
+        ``progress`` snapshots between; the last snapshot shows the final state."""
+        block = _PROGRESS_EVERY_MS if job_level else _KEEPALIVE_MS
         raw = await self.broker.job(job_id)
         while raw is not None:
             terminal = is_terminal(raw)
-            batch = await self.broker.events(job_id, after, None if terminal else 5000)
+            batch = await self.broker.events(job_id, after, None if terminal else block, job_level)
             for entry_id, fields in batch:
                 after = entry_id
                 yield sse(fields.get("type", "event"), {"job": job_id, **fields}, entry_id)
             if terminal and len(batch) < EVENTS_PAGE:
                 yield sse("progress", progress_view(job_id, raw))
                 return
-            if batch:
-                raw = await self.broker.job(job_id)
-                if raw is not None and not is_terminal(raw):
-                    yield sse("progress", progress_view(job_id, raw))
-            else:
+            raw = await self.broker.job(job_id)
+            if raw is not None and not is_terminal(raw) and (batch or job_level):
+                yield sse("progress", progress_view(job_id, raw))
+            elif not batch:
                 yield b": keepalive\n\n"
-                raw = await self.broker.job(job_id)
 
     def app(self) -> Starlette:
         g = self.guarded

@@ -3,7 +3,7 @@
 -- the index being a number or "r" for the reduce step.
 local P = ARGV[1]
 local TERMINAL = {succeeded = true, failed = true, cancelled = true, timed_out = true}
-local SUFFIXES = {'', ':in', ':st', ':att', ':red', ':res', ':err', ':ev'}
+local SUFFIXES = {'', ':in', ':st', ':att', ':red', ':res', ':err', ':ev', ':jev'}
 local EVENTS_MAXLEN = '10000'
 
 local function now_ms()
@@ -29,10 +29,16 @@ local function score(prio, seq)
   return (9 - tonumber(prio)) * 1e13 + seq
 end
 
+-- Every event goes to the job's stream (:ev); job-level ones also to :jev, which is what
+-- waiting clients follow, so they need not read one event per task.
 local function job_event(jid, etype, fields)
   local args = {'XADD', jkey(jid, ':ev'), 'MAXLEN', '~', EVENTS_MAXLEN, '*', 'type', etype}
   for _, v in ipairs(fields) do args[#args + 1] = v end
   redis.call(unpack(args))
+  if string.sub(etype, 1, 4) == 'job.' then
+    args[2] = jkey(jid, ':jev')
+    redis.call(unpack(args))
+  end
 end
 
 local function global_event(etype, fields)
