@@ -27,14 +27,15 @@ from sje.errors import (
 from sje.tasks import Task, task
 
 if TYPE_CHECKING:
-    from sje.client import AsyncClient, AsyncJobHandle, Client, Job, JobHandle
+    from sje.client import Client, Job, JobHandle
+    from sje.client_async import AsyncClient, AsyncJobHandle
     from sje.models import JobState, TaskState
 
 # The client side (httpx, pydantic) loads on first use, so the child processes that import
 # ``sje`` for ``@sje.task`` stay small.
 _LAZY = {
-    "AsyncClient": "sje.client",
-    "AsyncJobHandle": "sje.client",
+    "AsyncClient": "sje.client_async",
+    "AsyncJobHandle": "sje.client_async",
     "Client": "sje.client",
     "Job": "sje.client",
     "JobHandle": "sje.client",

@@ -6,11 +6,10 @@ the master requires one. Events are pushed over Server-Sent Events, not polled.
 
 from __future__ import annotations
 
-import asyncio
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import orjson
@@ -20,9 +19,12 @@ from sje.errors import JobFailed, JobTimeout, MasterError, error_from_code
 from sje.models import JobState, parse_job
 from sje.tasks import Task
 
+if TYPE_CHECKING:
+    from sje.client_async import AsyncClient, AsyncJobHandle
+
 Event = dict[str, Any]
-_PAGE = 10_000
-_TIMEOUT = httpx.Timeout(30.0, connect=5.0)
+RESULTS_PAGE = 10_000
+HTTP_TIMEOUT = httpx.Timeout(30.0, connect=5.0)
 
 
 def job_payload(job_def: Mapping[str, Any]) -> dict[str, Any]:
@@ -35,7 +37,7 @@ def job_payload(job_def: Mapping[str, Any]) -> dict[str, Any]:
     return spec.model_dump(exclude_none=True, exclude_defaults=True) | {"task": spec.task}
 
 
-def _raise_for(response: httpx.Response, url: str) -> None:
+def raise_for(response: httpx.Response, url: str) -> None:
     if response.status_code < 400:
         return
     try:
@@ -49,7 +51,7 @@ def _raise_for(response: httpx.Response, url: str) -> None:
     raise error_from_code(err.get("code", "error"), err.get("message", "unknown error"))
 
 
-def _unreachable(url: str, exc: Exception) -> MasterError:
+def unreachable(url: str, exc: Exception) -> MasterError:
     return MasterError(
         f"Connection refused: no SJE master answers at {url} ({type(exc).__name__}). "
         "Start one with `sje master`, or set SJE_MASTER to its URL."
@@ -84,7 +86,7 @@ class SSEParser:
         return event
 
 
-def _event_params(after: str, job_level: bool) -> dict[str, str]:
+def event_params(after: str, job_level: bool) -> dict[str, str]:
     return {"after": after, "scope": "job"} if job_level else {"after": after}
 
 
@@ -118,14 +120,14 @@ class Client:
         settings = load_settings(ClientSettings, None, {"master": master_url, "token": token})
         self.url = settings.master.rstrip("/")
         headers = {"Authorization": f"Bearer {settings.token}"} if settings.token else {}
-        self._http = httpx.Client(base_url=self.url, headers=headers, timeout=_TIMEOUT)
+        self._http = httpx.Client(base_url=self.url, headers=headers, timeout=HTTP_TIMEOUT)
 
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
         try:
             response = self._http.request(method, "/api/v1" + path, **kwargs)
         except httpx.TransportError as exc:
-            raise _unreachable(self.url, exc) from exc
-        _raise_for(response, self.url)
+            raise unreachable(self.url, exc) from exc
+        raise_for(response, self.url)
         return response.json()
 
     def submit(self, job_def: Mapping[str, Any]) -> JobHandle:
@@ -162,12 +164,12 @@ class Client:
                 with self._http.stream(
                     "GET",
                     f"/api/v1/jobs/{job_id}/events",
-                    params=_event_params(parser.after, job_level),
+                    params=event_params(parser.after, job_level),
                     timeout=httpx.Timeout(read, connect=5.0),
                 ) as response:
                     if response.status_code >= 400:
                         response.read()
-                        _raise_for(response, self.url)
+                        raise_for(response, self.url)
                     for line in response.iter_lines():
                         event = parser.feed(line)
                         if event is not None:
@@ -179,7 +181,7 @@ class Client:
             except httpx.ReadTimeout:
                 pass
             except httpx.TransportError as exc:
-                raise _unreachable(self.url, exc) from exc
+                raise unreachable(self.url, exc) from exc
             if deadline is not None and time.monotonic() >= deadline:
                 raise JobTimeout(
                     f"Job timeout: job {job_id} did not finish within {timeout}s of waiting."
@@ -239,7 +241,9 @@ class JobHandle:
         out: list[Any] = []
         while len(out) < view["inputs"]:
             page = self.client.request(
-                "GET", f"/jobs/{self.id}/results", params={"offset": len(out), "limit": _PAGE}
+                "GET",
+                f"/jobs/{self.id}/results",
+                params={"offset": len(out), "limit": RESULTS_PAGE},
             )
             out.extend(page["results"])
         return out
@@ -286,119 +290,6 @@ class Job:
         return (client or Client()).submit(self.definition)
 
     async def submit_async(self, client: AsyncClient | None = None) -> AsyncJobHandle:
+        from sje.client_async import AsyncClient
+
         return await (client or AsyncClient()).submit(self.definition)
-
-
-class AsyncClient:
-    """The asyncio variant of ``Client``: the same calls, awaited."""
-
-    def __init__(self, master_url: str | None = None, token: str | None = None) -> None:
-        settings = load_settings(ClientSettings, None, {"master": master_url, "token": token})
-        self.url = settings.master.rstrip("/")
-        headers = {"Authorization": f"Bearer {settings.token}"} if settings.token else {}
-        self._http = httpx.AsyncClient(base_url=self.url, headers=headers, timeout=_TIMEOUT)
-
-    async def request(self, method: str, path: str, **kwargs: Any) -> Any:
-        try:
-            response = await self._http.request(method, "/api/v1" + path, **kwargs)
-        except httpx.TransportError as exc:
-            raise _unreachable(self.url, exc) from exc
-        _raise_for(response, self.url)
-        return response.json()
-
-    async def submit(self, job_def: Mapping[str, Any]) -> AsyncJobHandle:
-        body = orjson.dumps(job_payload(job_def))
-        reply = await self.request(
-            "POST", "/jobs", content=body, headers={"Content-Type": "application/json"}
-        )
-        return AsyncJobHandle(self, reply["id"])
-
-    def job(self, job_id: str) -> AsyncJobHandle:
-        return AsyncJobHandle(self, job_id)
-
-    async def events(self, job_id: str, job_level: bool = False) -> AsyncIterator[Event]:
-        parser = SSEParser()
-        while True:
-            try:
-                async with self._http.stream(
-                    "GET",
-                    f"/api/v1/jobs/{job_id}/events",
-                    params=_event_params(parser.after, job_level),
-                ) as response:
-                    if response.status_code >= 400:
-                        await response.aread()
-                        _raise_for(response, self.url)
-                    async for line in response.aiter_lines():
-                        event = parser.feed(line)
-                        if event is not None:
-                            yield event
-                        if parser.finished:
-                            return
-            except httpx.ReadTimeout:
-                continue
-            except httpx.TransportError as exc:
-                raise _unreachable(self.url, exc) from exc
-
-    async def aclose(self) -> None:
-        await self._http.aclose()
-
-
-class AsyncJobHandle:
-    """The asyncio variant of ``JobHandle``."""
-
-    def __init__(self, client: AsyncClient, job_id: str) -> None:
-        self.client = client
-        self.id = job_id
-
-    async def status(self) -> dict[str, Any]:
-        return dict(await self.client.request("GET", f"/jobs/{self.id}"))
-
-    async def wait(self, timeout: float | None = None) -> dict[str, Any]:
-        async def drain() -> None:
-            async for _ in self.client.events(self.id, job_level=True):
-                pass
-
-        try:
-            await asyncio.wait_for(drain(), timeout)
-        except asyncio.TimeoutError:
-            raise JobTimeout(
-                f"Job timeout: job {self.id} did not finish within {timeout}s of waiting."
-            ) from None
-        return await self.status()
-
-    async def result(self, timeout: float | None = None) -> Any:
-        view = await self.wait(timeout)
-        check_outcome(view)
-        if view.get("reduce") or view["kind"] == "call":
-            return (await self.client.request("GET", f"/jobs/{self.id}/results"))["result"]
-        out: list[Any] = []
-        while len(out) < view["inputs"]:
-            params = {"offset": len(out), "limit": _PAGE}
-            page = await self.client.request("GET", f"/jobs/{self.id}/results", params=params)
-            out.extend(page["results"])
-        return out
-
-    async def cancel(self) -> dict[str, Any]:
-        return dict(await self.client.request("POST", f"/jobs/{self.id}/cancel"))
-
-    def on_event(self, fn: Callable[[Event], Any]) -> asyncio.Task[None]:
-        """Call ``fn(event)`` (sync or async) for every pushed event; returns the watching task."""
-
-        async def watch() -> None:
-            async for event in self.client.events(self.id):
-                outcome = fn(event)
-                if asyncio.iscoroutine(outcome):
-                    await outcome
-
-        return asyncio.ensure_future(watch())
-
-    def on_complete(self, fn: Callable[[dict[str, Any]], Any]) -> asyncio.Task[None]:
-        """Call ``fn(status)`` (sync or async) once when the job ends; returns the watching task."""
-
-        async def watch() -> None:
-            final = await self.wait()
-            outcome = fn(final)
-            if asyncio.iscoroutine(outcome):
-                await outcome
-
-        return asyncio.ensure_future(watch())

@@ -1,0 +1,139 @@
+"""The asyncio client: the same calls as ``sje.Client`` and its job handles, awaited."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any
+
+import httpx
+import orjson
+
+from sje.client import (
+    HTTP_TIMEOUT,
+    RESULTS_PAGE,
+    Event,
+    SSEParser,
+    check_outcome,
+    event_params,
+    job_payload,
+    raise_for,
+    unreachable,
+)
+from sje.config import ClientSettings, load_settings
+from sje.errors import JobTimeout
+
+
+class AsyncClient:
+    """The asyncio variant of ``Client``: the same calls, awaited."""
+
+    def __init__(self, master_url: str | None = None, token: str | None = None) -> None:
+        settings = load_settings(ClientSettings, None, {"master": master_url, "token": token})
+        self.url = settings.master.rstrip("/")
+        headers = {"Authorization": f"Bearer {settings.token}"} if settings.token else {}
+        self._http = httpx.AsyncClient(base_url=self.url, headers=headers, timeout=HTTP_TIMEOUT)
+
+    async def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            response = await self._http.request(method, "/api/v1" + path, **kwargs)
+        except httpx.TransportError as exc:
+            raise unreachable(self.url, exc) from exc
+        raise_for(response, self.url)
+        return response.json()
+
+    async def submit(self, job_def: Mapping[str, Any]) -> AsyncJobHandle:
+        body = orjson.dumps(job_payload(job_def))
+        reply = await self.request(
+            "POST", "/jobs", content=body, headers={"Content-Type": "application/json"}
+        )
+        return AsyncJobHandle(self, reply["id"])
+
+    def job(self, job_id: str) -> AsyncJobHandle:
+        return AsyncJobHandle(self, job_id)
+
+    async def events(self, job_id: str, job_level: bool = False) -> AsyncIterator[Event]:
+        parser = SSEParser()
+        while True:
+            try:
+                async with self._http.stream(
+                    "GET",
+                    f"/api/v1/jobs/{job_id}/events",
+                    params=event_params(parser.after, job_level),
+                ) as response:
+                    if response.status_code >= 400:
+                        await response.aread()
+                        raise_for(response, self.url)
+                    async for line in response.aiter_lines():
+                        event = parser.feed(line)
+                        if event is not None:
+                            yield event
+                        if parser.finished:
+                            return
+            except httpx.ReadTimeout:
+                continue
+            except httpx.TransportError as exc:
+                raise unreachable(self.url, exc) from exc
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+
+class AsyncJobHandle:
+    """The asyncio variant of ``JobHandle``."""
+
+    def __init__(self, client: AsyncClient, job_id: str) -> None:
+        self.client = client
+        self.id = job_id
+
+    async def status(self) -> dict[str, Any]:
+        return dict(await self.client.request("GET", f"/jobs/{self.id}"))
+
+    async def wait(self, timeout: float | None = None) -> dict[str, Any]:
+        async def drain() -> None:
+            async for _ in self.client.events(self.id, job_level=True):
+                pass
+
+        try:
+            await asyncio.wait_for(drain(), timeout)
+        except asyncio.TimeoutError:
+            raise JobTimeout(
+                f"Job timeout: job {self.id} did not finish within {timeout}s of waiting."
+            ) from None
+        return await self.status()
+
+    async def result(self, timeout: float | None = None) -> Any:
+        view = await self.wait(timeout)
+        check_outcome(view)
+        if view.get("reduce") or view["kind"] == "call":
+            return (await self.client.request("GET", f"/jobs/{self.id}/results"))["result"]
+        out: list[Any] = []
+        while len(out) < view["inputs"]:
+            params = {"offset": len(out), "limit": RESULTS_PAGE}
+            page = await self.client.request("GET", f"/jobs/{self.id}/results", params=params)
+            out.extend(page["results"])
+        return out
+
+    async def cancel(self) -> dict[str, Any]:
+        return dict(await self.client.request("POST", f"/jobs/{self.id}/cancel"))
+
+    def on_event(self, fn: Callable[[Event], Any]) -> asyncio.Task[None]:
+        """Call ``fn(event)`` (sync or async) for every pushed event; returns the watching task."""
+
+        async def watch() -> None:
+            async for event in self.client.events(self.id):
+                outcome = fn(event)
+                if asyncio.iscoroutine(outcome):
+                    await outcome
+
+        return asyncio.ensure_future(watch())
+
+    def on_complete(self, fn: Callable[[dict[str, Any]], Any]) -> asyncio.Task[None]:
+        """Call ``fn(status)`` (sync or async) once when the job ends; returns the watching task."""
+
+        async def watch() -> None:
+            final = await self.wait()
+            outcome = fn(final)
+            if asyncio.iscoroutine(outcome):
+                await outcome
+
+        return asyncio.ensure_future(watch())
