@@ -7,21 +7,25 @@ import psutil
 from tests.support import run_sje
 
 
+def _started_with_prefix(prefix: str) -> list[psutil.Process]:
+    """Live processes whose environment carries this test's key prefix."""
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            if proc.environ().get("SJE_KEY_PREFIX") == prefix:
+                found.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return found
+
+
 def test_up_example_runs_the_primes_job_correctly_and_stops_what_it_started(
-    env: dict[str, str],
+    env: dict[str, str], prefix: str
 ) -> None:
-    before = {p.pid for p in psutil.process_iter()}
     done = run_sje("up", "--example", env=env, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "Result: 148,933 primes below 2,000,000 (correct)" in done.stdout
-    leftovers = [
-        p
-        for p in psutil.process_iter(["pid", "cmdline"])
-        if p.pid not in before
-        and "sje" in " ".join(p.info["cmdline"] or [])
-        and ("master" in (p.info["cmdline"] or []) or "worker" in (p.info["cmdline"] or []))
-    ]
-    assert leftovers == []
+    assert _started_with_prefix(prefix) == []
 
 
 def test_up_without_redis_says_how_to_start_it(env: dict[str, str]) -> None:

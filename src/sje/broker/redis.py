@@ -39,6 +39,7 @@ _SCRIPTS = (
     "submit",
     "fetch",
     "complete",
+    "complete_fetch",
     "fail",
     "renew",
     "release",
@@ -46,6 +47,7 @@ _SCRIPTS = (
     "promote",
     "terminate",
 )
+_USES_TASKS = ("fetch", "complete", "complete_fetch")
 _WORKER_FORGET_S = 3600.0
 EVENTS_PAGE = 1000
 
@@ -77,9 +79,12 @@ class RedisBroker:
             retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), 3),
             retry_on_error=[RedisConnectionError, RedisTimeoutError],
         )
-        common = _lua("common")
+        common, tasks = _lua("common"), _lua("tasks")
         self._scripts: dict[str, AsyncScript] = {
-            name: self._redis.register_script(common + "\n" + _lua(name)) for name in _SCRIPTS
+            name: self._redis.register_script(
+                "\n".join((common, tasks if name in _USES_TASKS else "", _lua(name)))
+            )
+            for name in _SCRIPTS
         }
 
     # -- plumbing -------------------------------------------------------------------------
@@ -121,26 +126,21 @@ class RedisBroker:
         self, worker_id: str, queues: list[str], n: int, lease_s: float
     ) -> list[TaskMessage]:
         raw = await self._run("fetch", worker_id, int(lease_s * 1000), n, *queues)
-        out = []
-        for i in range(0, len(raw), 2):
-            tid, task, kind, attempt, retries, backoff, backoff_max, timeout = loads(raw[i])
-            job_id, _, index = tid.partition(":")
-            out.append(
-                TaskMessage(
-                    id=tid,
-                    job_id=job_id,
-                    index=index,
-                    task=task,
-                    payload=raw[i + 1] or None,
-                    attempt=int(attempt),
-                    retries=int(retries),
-                    backoff=float(backoff),
-                    backoff_max=float(backoff_max),
-                    timeout=float(timeout) if timeout else None,
-                    kind=kind,
-                )
-            )
-        return out
+        return _messages(raw)
+
+    async def complete_and_fetch(
+        self,
+        task_id: str,
+        worker_id: str,
+        result: bytes,
+        n: int,
+        queues: list[str],
+        lease_s: float,
+    ) -> tuple[str, list[TaskMessage]]:
+        """``complete`` then ``fetch`` of ``n`` tasks, in one round trip."""
+        lease_ms = int(lease_s * 1000)
+        raw = await self._run("complete_fetch", task_id, worker_id, result, lease_ms, n, *queues)
+        return raw[0].decode(), _messages(raw[1:])
 
     async def wait_for_work(self, queues: list[str], timeout_s: float) -> None:
         with self._errors():
@@ -330,6 +330,30 @@ class RedisBroker:
                 {**orjson.loads(info), "last_seen_s": round(age, 3), "running": running.get(wid, 0)}
             )
         return sorted(out, key=lambda w: str(w.get("name")))
+
+
+def _messages(raw: list[bytes]) -> list[TaskMessage]:
+    """Task messages from a fetch reply: pairs of (header JSON, payload)."""
+    out = []
+    for i in range(0, len(raw), 2):
+        tid, task, kind, attempt, retries, backoff, backoff_max, timeout = loads(raw[i])
+        job_id, _, index = tid.partition(":")
+        out.append(
+            TaskMessage(
+                id=tid,
+                job_id=job_id,
+                index=index,
+                task=task,
+                payload=raw[i + 1] or None,
+                attempt=int(attempt),
+                retries=int(retries),
+                backoff=float(backoff),
+                backoff_max=float(backoff_max),
+                timeout=float(timeout) if timeout else None,
+                kind=kind,
+            )
+        )
+    return out
 
 
 def payload_hash(data: bytes) -> str:

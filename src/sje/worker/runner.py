@@ -16,7 +16,7 @@ import socket
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from sje.broker.registry import open_broker
 from sje.config import WorkerSettings
@@ -28,6 +28,7 @@ from sje.tasks import Task, load_catalog
 from sje.worker.pool import Child, Pool
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 _TIMER_S = 0.1
 _IDLE_BLOCK_S = 1.0
@@ -54,6 +55,7 @@ class Worker:
         self.processed = 0
         self._waiting: collections.deque[tuple[TaskMessage, bool, bytes]] = collections.deque()
         self._storing: set[str] = set()
+        self._reserved = 0  # slots a fetch in flight is filling
         self._background: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
@@ -123,10 +125,11 @@ class Worker:
         failing = False
         while not self._stopping.is_set():
             self._wake.clear()
-            free = self.pool.free_slots() - len(self._waiting)
+            free = self._claimable()
             if free <= 0:
                 await self._wake.wait()
                 continue
+            self._reserved += free
             try:
                 messages = await self.broker.fetch(self.id, s.queues, free, s.lease_timeout)
                 failing = False
@@ -136,12 +139,20 @@ class Worker:
                 failing = True
                 await self._pause(1.0)
                 continue
+            finally:
+                self._reserved -= free
             for message in messages:
                 self._start(message)
             if not messages:
                 if self.burst and self._is_idle():
                     return
                 await self._idle_wait()
+
+    def _claimable(self) -> int:
+        """Free slots no fetch in flight is already filling (0 once stopping)."""
+        if self._stopping.is_set():
+            return 0
+        return self.pool.free_slots() - len(self._waiting) - self._reserved
 
     def _is_idle(self) -> bool:
         return not (self.pool.running() or self._waiting or self._storing or self._background)
@@ -212,7 +223,8 @@ class Worker:
         if self.pool.needs_retirement(child):
             self._background_run(self.pool.replace(child))
         self._dispatch_waiting()
-        self._wake.set()  # the child is free: fetch its next task while the outcome is stored
+        if result is None:
+            self._wake.set()  # a failure is stored without a fetch: let the loop refill the slot
 
     def _child_died(self, child: Child) -> None:
         code = child.process.exitcode
@@ -234,8 +246,7 @@ class Worker:
         self._storing.add(message.id)
         try:
             if result is not None:
-                await self._store(lambda: self.broker.complete(message.id, self.id, result))
-                self.processed += 1
+                await self._complete(message, result)
             else:
                 error = {**(error or {}), "attempt": message.attempt, "worker": self.name}
                 delay = retry_delay(
@@ -255,7 +266,24 @@ class Worker:
             self._storing.discard(message.id)
             self._wake.set()
 
-    async def _store(self, call: Callable[[], Awaitable[str]]) -> str:
+    async def _complete(self, message: TaskMessage, result: bytes) -> None:
+        """Store a result and, in the same round trip, fetch work for the freed slot."""
+        s = self.settings
+        n = self._claimable()
+        self._reserved += n
+        try:
+            _, messages = await self._store(
+                lambda: self.broker.complete_and_fetch(
+                    message.id, self.id, result, n, s.queues, s.lease_timeout
+                )
+            )
+        finally:
+            self._reserved -= n
+        self.processed += 1
+        for fetched in messages:
+            self._start(fetched)
+
+    async def _store(self, call: Callable[[], Awaitable[T]]) -> T:
         """Retry storing an outcome through broker outages until it lands or we are forced out."""
         delay = 0.1
         while True:

@@ -1,0 +1,95 @@
+-- Task delivery functions shared by fetch.lua, complete.lua and complete_fetch.lua
+-- (appended to common.lua for those scripts).
+
+-- Pops up to n runnable tasks (queues in the order given, each by priority then age), leases
+-- each to the worker on the broker's clock; returns pairs {header_json, payload}.
+local function fetch_tasks(wid, lease_ms, n, queues)
+  local now = now_ms()
+  local out, got, jobs = {}, 0, {}
+  for _, queue in ipairs(queues) do
+    local q = qkey(queue)
+    while got < n do
+      local popped = redis.call('ZPOPMIN', q, n - got)
+      if #popped == 0 then break end
+      for i = 1, #popped, 2 do
+        local member = popped[i]
+        local jid, idx = split_id(member)
+        local job = jobs[jid]
+        if job == nil then
+          job = redis.call('HMGET', jkey(jid), 'state', 'task', 'kind', 'retries', 'backoff',
+            'backoff_max', 'timeout', 'reduce')
+          jobs[jid] = job
+        end
+        if job[1] and not TERMINAL[job[1]] then
+          local jk = jkey(jid)
+          local attempt = redis.call('HINCRBY', jkey(jid, ':att'), idx, 1)
+          redis.call('HSET', jkey(jid, ':st'), idx, 'running')
+          redis.call('ZADD', P .. ':leases', now + lease_ms, member)
+          redis.call('HSET', P .. ':owner', member, wid)
+          redis.call('HINCRBY', jk, 'c_queued', -1)
+          redis.call('HINCRBY', jk, 'c_running', 1)
+          if job[1] == 'pending' then
+            redis.call('HSET', jk, 'state', 'running', 'started_at', now)
+            job[1] = 'running'
+            job_event(jid, 'job.running', {})
+          end
+          local task, kind, payload = job[2], job[3], ''
+          if idx == 'r' then
+            task, kind = job[8], 'reduce'
+          else
+            payload = redis.call('HGET', jkey(jid, ':in'), idx) or ''
+          end
+          out[#out + 1] = cjson.encode({member, task, kind, attempt, job[4], job[5], job[6], job[7]})
+          out[#out + 1] = payload
+          got = got + 1
+          job_event(jid, 'task.started', {'task', idx, 'attempt', attempt, 'worker', wid})
+        end
+      end
+    end
+    if got >= n then break end
+  end
+  return out
+end
+
+-- Stores a task's result exactly once (first success wins), then completes the job or starts
+-- its reduce step when it was the last task. Returns ok | duplicate | stale.
+local function complete_task(member, wid, result)
+  local jid, idx = split_id(member)
+  local jk = jkey(jid)
+  local jstate = redis.call('HGET', jk, 'state')
+  if not jstate or TERMINAL[jstate] then
+    if redis.call('HGET', P .. ':owner', member) == wid then drop_lease(member) end
+    return 'stale'
+  end
+  local prev = redis.call('HGET', jkey(jid, ':st'), idx) or 'queued'
+  if prev == 'succeeded' or prev == 'failed' then
+    if redis.call('HGET', P .. ':owner', member) == wid then drop_lease(member) end
+    return 'duplicate'
+  end
+  local now = now_ms()
+  drop_lease(member)
+  local queue = redis.call('HGET', jk, 'queue')
+  if prev == 'queued' then redis.call('ZREM', qkey(queue), member) end
+  if prev == 'retrying' then redis.call('ZREM', P .. ':delayed', member) end
+  redis.call('HINCRBY', jk, 'c_' .. prev, -1)
+  redis.call('HINCRBY', jk, 'c_succeeded', 1)
+  redis.call('HSET', jkey(jid, ':st'), idx, 'succeeded')
+  redis.call('HSET', jkey(jid, ':res'), idx, result)
+  job_event(jid, 'task.succeeded', {'task', idx, 'worker', wid})
+  if idx == 'r' then
+    finish_job(jid, 'succeeded', now, nil)
+    return 'ok'
+  end
+  if redis.call('HINCRBY', jk, 'remaining', -1) == 0 then
+    local reduce = redis.call('HGET', jk, 'reduce')
+    if reduce and reduce ~= '' then
+      redis.call('HSET', jkey(jid, ':st'), 'r', 'queued')
+      redis.call('HINCRBY', jk, 'c_queued', 1)
+      requeue_front(jid, jid .. ':r')
+      job_event(jid, 'job.reducing', {})
+    else
+      finish_job(jid, 'succeeded', now, nil)
+    end
+  end
+  return 'ok'
+end
