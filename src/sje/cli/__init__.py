@@ -1,0 +1,9 @@
+"""The ``sje`` command: parse arguments, load settings, call a component, map errors to exits.
+
+Terminal output happens only in this package, through rich.
+"""
+
+from sje.cli import jobs, servers
+from sje.cli.base import cli, main
+
+__all__ = ["cli", "jobs", "main", "servers"]

@@ -1,0 +1,190 @@
+"""Client commands: ``sje submit``, ``status``, ``result``, ``cancel``, ``jobs``, ``workers``."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+import orjson
+import yaml
+from rich.table import Table
+
+from sje.cli.base import cli, client_for, common, err, json_flag, out, print_json, show_progress
+from sje.client import JobHandle, check_outcome
+from sje.config import (
+    config_path,
+)
+from sje.errors import ConfigError, SJEError
+from sje.models import parse_job
+from sje.submitfile import job_from_file
+
+# -- client commands ----------------------------------------------------------------------
+
+
+def _parse_set(values: tuple[str, ...]) -> dict[str, Any]:
+    overrides: dict[str, Any] = {}
+    for item in values:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set '{item}': expected key=value, e.g. --set retries=3")
+        try:
+            overrides[key.strip()] = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            overrides[key.strip()] = raw
+    return overrides
+
+
+@cli.command()
+@common
+@json_flag
+@click.argument("job_name")
+@click.option("--set", "sets", multiple=True, help="Override a task-def key: key=value (YAML).")
+@click.option("--wait", is_flag=True, help="Show progress, then print the result.")
+@click.option("--timeout", type=float, default=None, help="With --wait: give up after seconds.")
+def submit(
+    config_file: str | None,
+    as_json: bool,
+    job_name: str,
+    sets: tuple[str, ...],
+    wait: bool,
+    timeout: float | None,
+) -> None:
+    """Submit the job JOB_NAME defined in submit.yaml; prints its id."""
+    path = config_path(config_file)
+    job_def = job_from_file(path, job_name, _parse_set(sets))
+    parse_job(job_def, where=f"{path}: job '{job_name}' task-def")
+    client = client_for(config_file)
+    handle = client.submit(job_def)
+    if not wait:
+        if as_json:
+            print_json({"id": handle.id})
+        else:
+            out.print(handle.id, highlight=False)
+        return
+    if not as_json:
+        err.print(f"Submitted job {handle.id}", highlight=False)
+        show_progress(handle, timeout)
+    view = handle.wait(timeout)
+    _print_outcome(handle, view, as_json)
+
+
+def _print_outcome(handle: JobHandle, view: dict[str, Any], as_json: bool) -> None:
+    try:
+        check_outcome(view)
+    except SJEError as exc:
+        if as_json:
+            print_json(view)
+        tb = getattr(exc, "traceback", "")
+        if tb and not as_json:
+            err.print(tb.rstrip(), highlight=False, markup=False, soft_wrap=True)
+        raise
+    value = handle._fetch_results(view)
+    if as_json:
+        print_json({"id": handle.id, "state": view["state"], "result": value})
+    else:
+        sys.stdout.write(orjson.dumps(value).decode() + "\n")
+
+
+@cli.command()
+@common
+@json_flag
+@click.argument("job_id")
+def status(config_file: str | None, as_json: bool, job_id: str) -> None:
+    """Show a job's state and task counts."""
+    view = client_for(config_file).job(job_id).status()
+    if as_json:
+        print_json(view)
+        return
+    t = view["tasks"]
+    table = Table(show_header=False, box=None)
+    for key, value in (
+        ("id", view["id"]),
+        ("name", view["name"]),
+        ("task", view["task"]),
+        ("state", view["state"]),
+        ("queue", view["queue"]),
+        ("tasks", "  ".join(f"{k} {v}" for k, v in t.items())),
+    ):
+        table.add_row(f"[bold]{key}", str(value))
+    if view.get("error"):
+        table.add_row("[bold]error", _error_line(view))
+    out.print(table)
+
+
+def _error_line(view: dict[str, Any]) -> str:
+    e = view.get("error") or {}
+    inner = e.get("error") or {}
+    if inner:
+        return f"task {e.get('task')}: {inner.get('type')}: {inner.get('message')}"
+    return str(e.get("message", e))
+
+
+@cli.command()
+@common
+@json_flag
+@click.argument("job_id")
+@click.option("--timeout", type=float, default=None, help="Wait at most this many seconds.")
+def result(config_file: str | None, as_json: bool, job_id: str, timeout: float | None) -> None:
+    """Wait for a job and print its result (JSON)."""
+    handle = client_for(config_file).job(job_id)
+    _print_outcome(handle, handle.wait(timeout), as_json)
+
+
+@cli.command()
+@common
+@json_flag
+@click.argument("job_id")
+def cancel(config_file: str | None, as_json: bool, job_id: str) -> None:
+    """Cancel a job: queued tasks are dropped, running ones stopped."""
+    view = client_for(config_file).job(job_id).cancel()
+    if as_json:
+        print_json(view)
+    elif view["cancelled"]:
+        out.print(f"Cancelled job {job_id}.", highlight=False)
+    else:
+        out.print(f"Job {job_id} had already ended ({view['state']}).", highlight=False)
+
+
+@cli.command()
+@common
+@json_flag
+@click.option("--limit", type=int, default=50, show_default=True)
+@click.option("--state", default=None, help="Only jobs in this state.")
+def jobs(config_file: str | None, as_json: bool, limit: int, state: str | None) -> None:
+    """List recent jobs, newest first."""
+    rows = client_for(config_file).jobs(limit, state)
+    if as_json:
+        print_json({"jobs": rows})
+        return
+    table = Table("id", "name", "state", "done", "failed", "total")
+    for r in rows:
+        t = r["tasks"]
+        table.add_row(
+            r["id"], r["name"], r["state"], str(t["succeeded"]), str(t["failed"]), str(t["total"])
+        )
+    out.print(table)
+
+
+@cli.command()
+@common
+@json_flag
+def workers(config_file: str | None, as_json: bool) -> None:
+    """List workers with their queues, processes and running tasks."""
+    rows = client_for(config_file).workers()
+    if as_json:
+        print_json({"workers": rows})
+        return
+    table = Table("name", "host", "pid", "alive", "queues", "procs", "running", "seen")
+    for r in rows:
+        table.add_row(
+            r["name"],
+            r["host"],
+            str(r["pid"]),
+            "yes" if r["alive"] else "no",
+            ",".join(r["queues"]),
+            str(r["concurrency"]),
+            str(r["running"]),
+            f"{r['last_seen_s']:.1f}s ago",
+        )
+    out.print(table)

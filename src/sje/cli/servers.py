@@ -1,0 +1,129 @@
+"""Commands that run components: ``sje master``, ``sje worker``, ``sje up``, ``sje config``."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from typing import Any
+
+import click
+import yaml
+from pydantic import BaseModel
+
+from sje.cli.base import _setup_logging, cli, common, err, json_flag, out, print_json, show_progress
+from sje.config import (
+    ClientSettings,
+    MasterSettings,
+    WorkerSettings,
+    config_path,
+    load_settings,
+    printable,
+)
+
+# -- servers ------------------------------------------------------------------------------
+
+
+@cli.command()
+@common
+@click.option("--bind-address", default=None, help="Address to listen on (bind-address).")
+@click.option("--port", type=int, default=None, help="Port to listen on (port; 0 picks one).")
+@click.option("--broker-url", default=None, help="redis://host:port/db (broker-url).")
+def master(
+    config_file: str | None, bind_address: str | None, port: int | None, broker_url: str | None
+) -> None:
+    """Run a master: the HTTP API and the scheduler."""
+    from sje.master.server import Master
+
+    flags = {"bind_address": bind_address, "port": port, "broker_url": broker_url}
+    settings = load_settings(MasterSettings, config_path(config_file), flags)
+    _setup_logging()
+
+    def ready(url: str) -> None:
+        out.print(f"SJE master listening on {url}", highlight=False, soft_wrap=True)
+        sys.stdout.flush()
+
+    asyncio.run(Master(settings).serve(on_ready=ready))
+
+
+@cli.command()
+@common
+@click.option("--broker-url", default=None, help="redis://host:port/db (broker-url).")
+@click.option("--tasks", "tasks", multiple=True, help="Module defining @sje.task functions.")
+@click.option("--queues", default=None, help="Comma-separated queues to serve (queues).")
+@click.option("--concurrency", type=int, default=None, help="Child processes (default: cores).")
+@click.option("--name", "worker_name", default=None, help="Worker name (worker-name).")
+@click.option("--burst", is_flag=True, help="Exit once the queues are empty (drain mode).")
+def worker(
+    config_file: str | None,
+    broker_url: str | None,
+    tasks: tuple[str, ...],
+    queues: str | None,
+    concurrency: int | None,
+    worker_name: str | None,
+    burst: bool,
+) -> None:
+    """Run a worker: fetch tasks and run them in child processes."""
+    from sje.worker.runner import Worker
+
+    flags: dict[str, Any] = {
+        "broker_url": broker_url,
+        "tasks": list(tasks) or None,
+        "queues": queues,
+        "concurrency": concurrency,
+        "worker_name": worker_name,
+    }
+    settings = load_settings(WorkerSettings, config_path(config_file), flags)
+    _setup_logging()
+    w = Worker(settings, burst=burst)
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, w.request_stop)
+
+        def ready(wk: Worker) -> None:
+            out.print(
+                f"SJE worker {wk.name} ready: {settings.concurrency} processes, queues "
+                f"{','.join(settings.queues)}, tasks {', '.join(sorted(wk.catalog))}",
+                highlight=False,
+                soft_wrap=True,
+            )
+            sys.stdout.flush()
+
+        await w.run(on_ready=ready)
+
+    asyncio.run(run())
+
+
+@cli.command()
+@common
+@click.option("--example", is_flag=True, help="Run the example job end to end, then stop.")
+@click.option("--workers", "n_workers", type=int, default=2, show_default=True)
+@click.option("--tasks", "tasks", multiple=True, help="Task modules for the workers.")
+def up(config_file: str | None, example: bool, n_workers: int, tasks: tuple[str, ...]) -> None:
+    """Start a master and workers here (and with --example, run the example job)."""
+    from sje.launcher import run_up
+
+    sys.exit(
+        run_up(config_path(config_file), example, n_workers, list(tasks), out, err, show_progress)
+    )
+
+
+@cli.command("config")
+@common
+@json_flag
+@click.argument("component", type=click.Choice(["master", "worker", "client"]))
+def show_config(config_file: str | None, as_json: bool, component: str) -> None:
+    """Print the effective settings of a component (file + environment), secrets hidden."""
+    models: dict[str, type[BaseModel]] = {
+        "master": MasterSettings,
+        "worker": WorkerSettings,
+        "client": ClientSettings,
+    }
+    settings = load_settings(models[component], config_path(config_file))
+    data = printable(settings)
+    if as_json:
+        print_json(data)
+    else:
+        sys.stdout.write(yaml.safe_dump(data, sort_keys=False))
