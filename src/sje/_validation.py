@@ -48,7 +48,7 @@ def parse_duration(value: Any) -> float | None:
         match = _DURATION.match(value)
         if match:
             return float(match.group(1)) * _UNIT_S[match.group(2)]
-    raise ValueError(f"expected seconds as a number or a string like '30s', '5m', got {value!r}")
+    raise ValueError("expected seconds as a number or a string like '30s', '5m', '2h', '250ms'")
 
 
 def describe_validation_error(err: ValidationError, where: str) -> str:

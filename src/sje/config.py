@@ -26,6 +26,13 @@ DEFAULT_MASTER_URL = "http://127.0.0.1:7070"
 S = TypeVar("S", bound=BaseModel)
 
 
+def _netloc(user: str | None, password: str | None, host: str | None, port: int | None) -> str:
+    """``user:password@host:port`` with IPv6 hosts in brackets; absent parts left out."""
+    auth = f"{user or ''}:{password}@" if password is not None else (f"{user}@" if user else "")
+    shown = f"[{host}]" if host and ":" in host else (host or "")
+    return f"{auth}{shown}:{port}" if port else f"{auth}{shown}"
+
+
 def _split_list(value: Any) -> Any:
     if isinstance(value, str):
         return [part.strip() for part in value.split(",") if part.strip()]
@@ -50,10 +57,8 @@ class BrokerSettings(_Settings):
         parts = urlsplit(self.broker_url)
         host = self.redis_host or parts.hostname or "127.0.0.1"
         port = self.redis_port or parts.port or 6379
-        auth = ""
-        if parts.username or parts.password:
-            auth = f"{parts.username or ''}:{parts.password or ''}@"
-        return urlunsplit((parts.scheme, f"{auth}{host}:{port}", parts.path, "", ""))
+        netloc = _netloc(parts.username, parts.password, host, port)
+        return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
 class MasterSettings(BrokerSettings):
@@ -156,7 +161,9 @@ def load_settings(
     except ValidationError as exc:
         bad = str(exc.errors()[0]["loc"][0]) if exc.errors()[0]["loc"] else ""
         source = where
-        if bad in env_data and (flags or {}).get(bad) is None:
+        if (flags or {}).get(bad) is not None:
+            source = f"option --{bad.replace('_', '-')}"
+        elif bad in env_data:
             source = f"environment variable {env_name(bad)}"
         raise ConfigError(describe_validation_error(exc, source)) from None
 
@@ -166,9 +173,7 @@ def redact_url(url: str) -> str:
     parts = urlsplit(url)
     if not parts.password:
         return url
-    netloc = f"{parts.username or ''}:***@{parts.hostname}"
-    if parts.port:
-        netloc += f":{parts.port}"
+    netloc = _netloc(parts.username, "***", parts.hostname, parts.port)
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 

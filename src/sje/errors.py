@@ -11,6 +11,7 @@ The CLI maps each subtree to an exit code (``exit_code``); tracebacks only with 
     ├── MasterError               exit 4   master unreachable or answered with a server error
     ├── JobError                  exit 5   bad job definition, unknown task, not found, conflict
     │   ├── InvalidJob
+    │   ├── InvalidRequest       a bad query parameter or body shape on the HTTP API
     │   ├── UnknownTask
     │   ├── JobNotFound
     │   └── IdempotencyConflict
@@ -27,6 +28,7 @@ __all__ = [
     "ConfigError",
     "IdempotencyConflict",
     "InvalidJob",
+    "InvalidRequest",
     "JobError",
     "JobFailed",
     "JobNotFound",
@@ -79,6 +81,11 @@ class JobError(SJEError):
 class InvalidJob(JobError):
     code = "invalid_job"
     http_status = 422
+
+
+class InvalidRequest(JobError):
+    code = "invalid_request"
+    http_status = 400
 
 
 class UnknownTask(JobError):
@@ -136,6 +143,7 @@ _BY_CODE: tuple[type[SJEError], ...] = (
     BrokerError,
     MasterError,
     InvalidJob,
+    InvalidRequest,
     UnknownTask,
     JobNotFound,
     IdempotencyConflict,

@@ -198,3 +198,14 @@ def test_wrong_token_is_refused(env: dict[str, str], procs: list[Proc]) -> None:
     with pytest.raises(sje.MasterError, match="Missing or wrong API token"):
         sje.Client(url, token="wrong").jobs()
     assert sje.Client(url, token="s3cret").jobs() == []
+
+
+def test_bad_query_parameter_is_a_400_with_the_allowed_range(master: str) -> None:
+    import httpx
+
+    reply = httpx.get(f"{master}/api/v1/jobs", params={"limit": "lots"})
+    assert reply.status_code == 400
+    assert reply.json()["error"] == {
+        "code": "invalid_request",
+        "message": "Query parameter 'limit=lots': expected a whole number from 1 to 1000.",
+    }

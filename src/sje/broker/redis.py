@@ -220,6 +220,9 @@ class RedisBroker:
         return {k.decode(): v.decode() for k, v in raw.items()}
 
     async def jobs(self, limit: int, offset: int) -> list[dict[str, str]]:
+        """Up to ``limit`` jobs, newest first, skipping ``offset``; expired ones are pruned."""
+        if limit <= 0 or offset < 0:
+            return []
         with self._errors():
             ids = await self._redis.zrevrange(self._key("jobs"), offset, offset + limit - 1)
             pipe = self._redis.pipeline(transaction=False)

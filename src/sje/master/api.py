@@ -24,6 +24,7 @@ from sje.config import MasterSettings
 from sje.errors import (
     IdempotencyConflict,
     InvalidJob,
+    InvalidRequest,
     JobNotFound,
     QueueFull,
     SJEError,
@@ -45,6 +46,23 @@ _KEEPALIVE_MS = 5000
 
 def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     return Response(orjson.dumps(data), status, headers, media_type="application/json")
+
+
+def query_int(request: Request, name: str, default: int, lo: int, hi: int | None) -> int:
+    """An integer query parameter within ``[lo, hi]``, or ``InvalidRequest`` saying so."""
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = lo - 1
+    if value < lo or (hi is not None and value > hi):
+        upper = f" to {hi}" if hi is not None else " or more"
+        raise InvalidRequest(
+            f"Query parameter '{name}={raw}': expected a whole number from {lo}{upper}."
+        )
+    return value
 
 
 def error_response(exc: SJEError) -> Response:
@@ -152,8 +170,8 @@ class Api:
         return json_response(view)
 
     async def list_jobs(self, request: Request) -> Response:
-        limit = min(int(request.query_params.get("limit", "50")), 1000)
-        offset = int(request.query_params.get("offset", "0"))
+        limit = query_int(request, "limit", 50, 1, 1000)
+        offset = query_int(request, "offset", 0, 0, None)
         state = request.query_params.get("state")
         rows = await self.broker.jobs(limit, offset)
         views = [job_view(r["id"], r) for r in rows]
@@ -172,8 +190,8 @@ class Api:
                 media_type="application/json",
             )
         total = int(raw["inputs"])
-        offset = max(0, int(request.query_params.get("offset", "0")))
-        limit = min(max(1, int(request.query_params.get("limit", "1000"))), _MAX_PAGE)
+        offset = query_int(request, "offset", 0, 0, None)
+        limit = query_int(request, "limit", 1000, 1, _MAX_PAGE)
         stop = min(total, offset + limit)
         items = await self._page(job_id, raw, offset, stop)
         meta = orjson.dumps(

@@ -1,0 +1,42 @@
+"""The public names of ``sje``: listed once, sorted, and all importable."""
+
+from __future__ import annotations
+
+import pytest
+
+import sje
+
+
+def test_all_is_sorted_without_duplicates() -> None:
+    assert list(sje.__all__) == sorted(set(sje.__all__))
+
+
+@pytest.mark.parametrize("name", sje.__all__)
+def test_every_name_in_all_exists(name: str) -> None:
+    assert getattr(sje, name) is not None
+
+
+def test_lazy_names_resolve_to_their_defining_module() -> None:
+    from sje.client import Client, Job
+    from sje.client_async import AsyncClient
+    from sje.models import JobState
+
+    assert sje.Client is Client
+    assert sje.Job is Job
+    assert sje.AsyncClient is AsyncClient
+    assert sje.JobState is JobState
+
+
+def test_every_error_class_is_exported_and_rooted_at_sje_error() -> None:
+    import sje.errors
+
+    assert set(sje.errors.__all__) <= set(sje.__all__)
+    for name in sje.errors.__all__:
+        cls = getattr(sje, name)
+        assert issubclass(cls, sje.SJEError)
+        assert isinstance(cls.exit_code, int)
+
+
+def test_unknown_attribute_raises_attribute_error() -> None:
+    with pytest.raises(AttributeError, match="module 'sje' has no attribute 'Nope'"):
+        _ = sje.Nope
