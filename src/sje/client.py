@@ -90,6 +90,11 @@ def event_params(after: str, job_level: bool) -> dict[str, str]:
     return {"after": after, "scope": "job"} if job_level else {"after": after}
 
 
+def status_record(final: Event) -> dict[str, Any]:
+    """The job record carried by a stream's final ``progress`` event."""
+    return {k: v for k, v in final.items() if k != "type"}
+
+
 def final_state(view: Mapping[str, Any]) -> bool:
     return JobState(view["state"]).is_terminal
 
@@ -222,9 +227,10 @@ class JobHandle:
 
     def wait(self, timeout: float | None = None) -> dict[str, Any]:
         """Block until the job ends (pushed, no polling); returns its final status record."""
-        for _ in self.client.events(self.id, timeout, job_level=True):
-            pass
-        return self.status()
+        final: Event = {}
+        for event in self.client.events(self.id, timeout, job_level=True):
+            final = event
+        return status_record(final)
 
     def result(self, timeout: float | None = None) -> Any:
         """Wait, then the ordered results (``inputs``), the value (``args``) or the reduce output.

@@ -18,6 +18,7 @@ from sje.client import (
     event_params,
     job_payload,
     raise_for,
+    status_record,
     unreachable,
 )
 from sje.config import ClientSettings, load_settings
@@ -89,17 +90,19 @@ class AsyncJobHandle:
         return dict(await self.client.request("GET", f"/jobs/{self.id}"))
 
     async def wait(self, timeout: float | None = None) -> dict[str, Any]:
-        async def drain() -> None:
-            async for _ in self.client.events(self.id, job_level=True):
-                pass
+        async def drain() -> Event:
+            final: Event = {}
+            async for event in self.client.events(self.id, job_level=True):
+                final = event
+            return final
 
         try:
-            await asyncio.wait_for(drain(), timeout)
+            final = await asyncio.wait_for(drain(), timeout)
         except asyncio.TimeoutError:
             raise JobTimeout(
                 f"Job timeout: job {self.id} did not finish within {timeout}s of waiting."
             ) from None
-        return await self.status()
+        return status_record(final)
 
     async def result(self, timeout: float | None = None) -> Any:
         view = await self.wait(timeout)

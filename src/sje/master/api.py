@@ -162,12 +162,18 @@ class Api:
     async def get_job(self, request: Request) -> Response:
         job_id = request.path_params["job_id"]
         raw = await self._job_or_404(job_id)
+        return json_response(
+            await self._full_view(job_id, raw, request.query_params.get("errors") == "1")
+        )
+
+    async def _full_view(self, job_id: str, raw: dict[str, str], errors: bool) -> dict[str, Any]:
+        """The job record; with every task's last error when asked or when the job failed."""
         view = job_view(job_id, raw)
-        if request.query_params.get("errors") == "1" or raw.get("state") == "failed":
+        if errors or raw.get("state") == "failed":
             view["task_errors"] = {
                 k: orjson.loads(v) for k, v in (await self.broker.errors(job_id)).items()
             }
-        return json_response(view)
+        return view
 
     async def list_jobs(self, request: Request) -> Response:
         limit = query_int(request, "limit", 50, 1, 1000)
@@ -247,7 +253,8 @@ class Api:
                 after = entry_id
                 yield sse(fields.get("type", "event"), {"job": job_id, **fields}, entry_id)
             if terminal and len(batch) < EVENTS_PAGE:
-                yield sse("progress", progress_view(job_id, raw))
+                # the final snapshot is the whole job record: waiting clients need nothing more
+                yield sse("progress", await self._full_view(job_id, raw, errors=False))
                 return
             raw = await self.broker.job(job_id)
             if raw is not None and not is_terminal(raw) and (batch or job_level):
