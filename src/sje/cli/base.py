@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 import orjson
@@ -17,7 +17,6 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.text import Text
 
-from sje.client import Client, JobHandle
 from sje.config import (
     ClientSettings,
     config_path,
@@ -25,6 +24,10 @@ from sje.config import (
     read_yaml,
 )
 from sje.errors import SJEError
+
+if TYPE_CHECKING:
+    # the HTTP client loads only for commands that talk to a master, keeping `sje worker` lean
+    from sje.client import Client, JobHandle
 
 out = Console()
 err = Console(stderr=True)
@@ -67,6 +70,8 @@ def client_for(config_file: str | None) -> Client:
         raw = read_yaml(path)
         data = {k: v for k, v in raw.items() if k in ("master", "token")}
     settings = load_settings(ClientSettings, path, file_data=data)
+    from sje.client import Client
+
     return Client(settings.master, settings.token)
 
 

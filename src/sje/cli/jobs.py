@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import orjson
@@ -11,13 +11,15 @@ import yaml
 from rich.table import Table
 
 from sje.cli.base import cli, client_for, common, err, json_flag, out, print_json, show_progress
-from sje.client import JobHandle, check_outcome
 from sje.config import (
     config_path,
 )
 from sje.errors import ConfigError, SJEError
 from sje.models import parse_job
 from sje.submitfile import job_from_file
+
+if TYPE_CHECKING:
+    from sje.client import JobHandle
 
 # -- client commands ----------------------------------------------------------------------
 
@@ -71,6 +73,8 @@ def submit(
 
 def _print_outcome(handle: JobHandle, view: dict[str, Any], as_json: bool) -> None:
     try:
+        from sje.client import check_outcome
+
         check_outcome(view)
     except SJEError as exc:
         if as_json:

@@ -13,6 +13,7 @@ import contextlib
 import ctypes
 import os
 import signal
+import sys
 import threading
 import traceback
 from multiprocessing.connection import Connection
@@ -141,7 +142,7 @@ class ChildRunner:
 
 
 def child_main(conn: Connection, modules: list[str]) -> None:
-    """Entry point of a child process: own process group, dies with its worker."""
+    """Serve tasks on ``conn``: own process group, dies with its worker."""
     _die_with_parent()
     os.setpgid(0, 0)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -153,3 +154,13 @@ def child_main(conn: Connection, modules: list[str]) -> None:
         return
     conn.send_bytes(frame({"type": "ready", "pid": os.getpid()}))
     ChildRunner(conn, catalog).serve()
+
+
+def main(argv: list[str]) -> None:
+    """``python -m sje.worker.child FD SYS_PATH_JSON MODULE...``, started by the worker's pool."""
+    sys.path[:] = orjson.loads(argv[2])
+    child_main(Connection(int(argv[1])), argv[3:])
+
+
+if __name__ == "__main__":
+    main(sys.argv)

@@ -11,19 +11,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import multiprocessing
 import os
 import signal
+import socket
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
-from multiprocessing.process import BaseProcess
 from typing import Any
+
+import orjson
 
 from sje.errors import WorkerError
 from sje.models import TaskMessage
-from sje.worker.child import child_main, frame, unframe
+from sje.worker.child import frame, unframe
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +48,7 @@ class Running:
 
 @dataclass(eq=False)
 class Child:
-    process: BaseProcess
+    process: subprocess.Popen[bytes]
     conn: Connection
     tasks: dict[str, Running] = field(default_factory=dict)
     is_async: bool = False
@@ -86,7 +89,6 @@ class Pool:
         self.max_tasks_per_child = max_tasks_per_child
         self.on_frame = on_frame
         self.children: list[Child] = []
-        self._ctx = multiprocessing.get_context("spawn")
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -94,12 +96,14 @@ class Pool:
         self.children = list(await asyncio.gather(*(self._spawn() for _ in range(self.size))))
 
     async def _spawn(self) -> Child:
-        parent_end, child_end = self._ctx.Pipe(duplex=True)
-        process = self._ctx.Process(
-            target=child_main, args=(child_end, self.modules), name="sje-child", daemon=True
-        )
-        process.start()
-        child_end.close()
+        # a plain interpreter over a socketpair: no inherited loop or sockets, and none of
+        # multiprocessing's helper processes (its resource tracker costs ~12 MB per worker)
+        parent_sock, child_sock = socket.socketpair()
+        fd = child_sock.fileno()
+        argv = [sys.executable, "-m", "sje.worker.child", str(fd), orjson.dumps(sys.path).decode()]
+        process = subprocess.Popen([*argv, *self.modules], pass_fds=[fd])
+        child_sock.close()
+        parent_end = Connection(parent_sock.detach())
         loop = asyncio.get_running_loop()
         ready: asyncio.Future[dict[str, Any]] = loop.create_future()
 
@@ -108,7 +112,7 @@ class Pool:
             try:
                 header, _ = unframe(parent_end.recv_bytes())
             except (EOFError, OSError):
-                header = {"type": "error", "message": f"exit code {process.exitcode}"}
+                header = {"type": "error", "message": f"exit code {process.wait()}"}
             if not ready.done():
                 ready.set_result(header)
 
@@ -119,6 +123,7 @@ class Pool:
             header = {"type": "error", "message": f"not ready after {_START_TIMEOUT_S:.0f}s"}
         if header["type"] != "ready":
             process.kill()
+            process.wait()
             raise WorkerError(f"A child process failed to start: {header['message']}")
         child = Child(process, parent_end)
         loop.add_reader(parent_end.fileno(), self._readable, child)
@@ -137,7 +142,8 @@ class Pool:
             return
         child.is_closed = True
         asyncio.get_running_loop().remove_reader(child.conn.fileno())
-        child.process.join(timeout=1)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            child.process.wait(timeout=1)
         child.conn.close()
         self.on_frame(child, None, b"")
 

@@ -227,7 +227,7 @@ class Worker:
             self._wake.set()  # a failure is stored without a fetch: let the loop refill the slot
 
     def _child_died(self, child: Child) -> None:
-        code = child.process.exitcode
+        code = child.process.returncode
         how = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
         for running in list(child.tasks.values()):
             error = {
