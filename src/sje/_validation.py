@@ -8,7 +8,7 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
@@ -87,7 +87,3 @@ def json_problem(value: Any, path: str = "", depth: int = 0) -> str | None:
         if problem:
             return problem
     return None
-
-
-def model_fields(model: type[BaseModel]) -> list[str]:
-    return list(model.model_fields)

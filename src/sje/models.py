@@ -22,7 +22,6 @@ from sje._validation import (
 )
 from sje.errors import InvalidJob
 
-WIRE_VERSION = 1
 MAX_PRIORITY = 9
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -63,7 +64,8 @@ def started_then_sleep(item: dict[str, Any]) -> int:
 
 @sje.task
 def hang(_: Any) -> None:
-    time.sleep(3600)
+    """Blocks forever (until its timeout kills it)."""
+    threading.Event().wait()
 
 
 @sje.task
@@ -97,3 +99,8 @@ async def rendezvous(n: int) -> dict[str, int]:
 async def async_square(x: int) -> int:
     await asyncio.sleep(0)
     return x * x
+
+
+@sje.task
+async def async_hang(_: Any) -> None:
+    await asyncio.Event().wait()

@@ -213,6 +213,20 @@ def test_hanging_task_is_killed_at_its_timeout_and_the_worker_keeps_serving(
     assert w.popen.poll() is None
 
 
+def test_hanging_async_task_is_cancelled_at_its_timeout(
+    master: str, worker: Callable[..., Proc]
+) -> None:
+    worker("--concurrency", "1")
+    client = sje.Client(master)
+    hung = client.submit(
+        {"task": "tests.apps.sample_tasks.async_hang", "inputs": [1], "timeout": 1}
+    )
+    with pytest.raises(sje.JobFailed, match=r"TaskTimeout: task timed out after 1\.0s"):
+        hung.result(timeout=60)
+    after = client.submit({"task": "tests.apps.sample_tasks.async_square", "inputs": [5]})
+    assert after.result(timeout=60) == [25]
+
+
 def test_crashing_child_fails_only_its_task_and_is_replaced(
     master: str, worker: Callable[..., Proc]
 ) -> None:

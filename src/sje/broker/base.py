@@ -73,6 +73,18 @@ class TaskQueue(Protocol):
         """
         ...
 
+    async def complete_and_fetch(
+        self,
+        task_id: str,
+        worker_id: str,
+        result: bytes,
+        n: int,
+        queues: list[str],
+        lease_s: float,
+    ) -> tuple[str, list[TaskMessage]]:
+        """``complete``, then ``fetch`` up to ``n`` tasks for the freed slot, in one step."""
+        ...
+
     async def renew(self, worker_id: str, task_ids: list[str], lease_s: float) -> list[str]:
         """Heartbeat: extend the leases; returns the ids the worker must stop (lost/cancelled)."""
         ...

@@ -257,11 +257,6 @@ class RedisBroker:
             raw = await self._redis.hgetall(self._key("job", job_id, "err"))
         return {k.decode(): v for k, v in raw.items()}
 
-    async def attempts(self, job_id: str, indexes: list[str]) -> list[int]:
-        with self._errors():
-            raw = await self._redis.hmget(self._key("job", job_id, "att"), indexes)
-        return [int(v or 0) for v in raw]
-
     async def cancel(self, job_id: str) -> str:
         reason = "Cancelled: job {job} was cancelled on request"
         out = await self._run("terminate", "cancelled", reason, job_id)

@@ -52,7 +52,6 @@ class Worker:
             settings.max_tasks_per_child,
             self._on_frame,
         )
-        self.processed = 0
         self._waiting: collections.deque[tuple[TaskMessage, bool, bytes]] = collections.deque()
         self._storing: set[str] = set()
         self._reserved = 0  # slots a fetch in flight is filling
@@ -279,7 +278,6 @@ class Worker:
             )
         finally:
             self._reserved -= n
-        self.processed += 1
         for fetched in messages:
             self._start(fetched)
 
