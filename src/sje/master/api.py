@@ -220,8 +220,6 @@ class Api:
     async def cancel(self, request: Request) -> Response:
         job_id = request.path_params["job_id"]
         status = await self.broker.cancel(job_id)
-        if status == "missing":
-            await self._job_or_404(job_id)
         raw = await self._job_or_404(job_id)
         return json_response({**job_view(job_id, raw), "cancelled": status == "ok"})
 
