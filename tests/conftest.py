@@ -41,7 +41,8 @@ def r(redis_url: str) -> Iterator[redis.Redis]:
 
 @pytest.fixture
 def env(redis_url: str, prefix: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """Environment for sje processes of this test: its Redis, its prefix, short timers."""
+    """Environment for sje processes of this test: its Redis, its prefix, its API token and
+    signing secret, short timers."""
     return sje_env(
         SJE_BROKER_URL=redis_url,
         SJE_KEY_PREFIX=prefix,
@@ -49,6 +50,8 @@ def env(redis_url: str, prefix: str, tmp_path_factory: pytest.TempPathFactory) -
         SJE_HEARTBEAT_INTERVAL="0.5",
         SJE_TICK_INTERVAL="0.2",
         SJE_SHUTDOWN_GRACE="10",
+        SJE_TOKEN=f"token-{prefix}",
+        SJE_SECRET=f"secret-{prefix}",
     )
 
 

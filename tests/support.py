@@ -11,10 +11,13 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import redis
+
+import sje
 
 ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
@@ -173,3 +176,155 @@ def events_of(r: redis.Redis, prefix: str, job_id: str) -> list[dict[str, Any]]:
     """Every event recorded for a job, oldest first, decoded."""
     raw: Any = r.xrange(f"{prefix}:job:{job_id}:ev")  # redis-py types replies as bytes | str
     return [{k.decode(): v.decode() for k, v in fields.items()} for _id, fields in raw]
+
+
+# -- delivery faults: a Redis to kill, clients with the test's token, execution markers ------
+
+
+class RedisServer:
+    """A private ``redis-server`` with AOF on (``appendfsync everysec``) that a test may
+    kill -9, SIGSTOP/SIGCONT and restart on the same port and directory (the AOF reloads)."""
+
+    def __init__(self, directory: Path, port: int | None = None) -> None:
+        self.dir = directory
+        self.port = port or free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.popen: subprocess.Popen[bytes] | None = None
+        self.paused = False
+
+    @property
+    def pid(self) -> int:
+        assert self.popen is not None
+        return self.popen.pid
+
+    def running(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    def start(self) -> None:
+        """Start (or restart) the server; returns once it answers, the AOF fully loaded."""
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server is not installed: apt-get install redis-server")
+        args = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
+        args += ["--appendonly", "yes", "--appendfsync", "everysec"]
+        args += ["--dir", str(self.dir), "--logfile", str(self.dir / "redis.log")]
+        self.popen = subprocess.Popen(
+            args,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        self.paused = False
+        popen = self.popen
+        wait_until(
+            lambda: redis_reachable(self.url) or popen.poll() is not None,
+            30,
+            f"redis-server on port {self.port} to load its AOF and answer",
+        )
+        if popen.poll() is not None:
+            log = (self.dir / "redis.log").read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"redis-server on port {self.port} exited:\n{log}")
+
+    def kill(self) -> None:
+        """kill -9: no shutdown, no final AOF flush."""
+        if self.running():
+            assert self.popen is not None
+            self.popen.send_signal(signal.SIGKILL)
+            self.popen.wait(10)
+        self.paused = False
+
+    def restart(self) -> None:
+        self.kill()
+        self.start()
+
+    def pause(self) -> None:
+        """SIGSTOP: the server keeps its sockets but answers nothing until ``resume``."""
+        assert self.popen is not None
+        self.popen.send_signal(signal.SIGSTOP)
+        self.paused = True
+
+    def resume(self) -> None:
+        assert self.popen is not None
+        self.popen.send_signal(signal.SIGCONT)
+        self.paused = False
+
+    def heal(self) -> None:
+        """Running and answering again, whatever a test did to it."""
+        if self.running() and self.paused:
+            self.resume()
+        if not self.running():
+            self.start()
+        wait_until(lambda: redis_reachable(self.url), 30, f"redis-server on port {self.port}")
+
+    def close(self) -> None:
+        if self.running():
+            assert self.popen is not None
+            if self.paused:
+                self.resume()
+            self.popen.terminate()
+            self.popen.wait(10)
+
+
+def api_client(env: dict[str, str], url: str | None = None) -> sje.Client:
+    """A client of the test's master (``SJE_MASTER`` unless ``url``) with the test's token."""
+    return sje.Client(url or env["SJE_MASTER"], token=env.get("SJE_TOKEN"))
+
+
+def auth_headers(env: dict[str, str]) -> dict[str, str]:
+    token = env.get("SJE_TOKEN")
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+@dataclass(frozen=True)
+class Run:
+    """One execution of a task, from the marker file it wrote (``tests.apps.fault_tasks``);
+    times in ``time.monotonic_ns()`` (one clock for every process on the host)."""
+
+    index: int
+    pid: int
+    start_ns: int
+    end_ns: int | None  # None: killed before it returned
+
+    @property
+    def finished(self) -> bool:
+        return self.end_ns is not None
+
+
+def read_runs(folder: Path) -> list[Run]:
+    """Every execution recorded in ``folder``, oldest first."""
+    runs = []
+    for path in folder.glob("[0-9]*-*-*") if folder.exists() else []:
+        index, pid, _ = path.name.split("-")
+        lines = [line.split() for line in path.read_text().splitlines(keepends=True)]
+        times = {fields[0]: int(fields[1]) for fields in lines if len(fields) == 3}
+        runs.append(Run(int(index), int(pid), times["start"], times.get("end")))
+    return sorted(runs, key=lambda run: run.start_ns)
+
+
+def runs_by_index(runs: list[Run]) -> dict[int, list[Run]]:
+    out: dict[int, list[Run]] = {}
+    for run in runs:
+        out.setdefault(run.index, []).append(run)
+    return out
+
+
+def overlapping_runs(
+    runs: list[Run], unfinished_end_ns: int | None = None
+) -> list[tuple[Run, Run]]:
+    """Pairs of runs of one task that were executing at the same time. A run that never
+    finished counts as lasting until ``unfinished_end_ns`` (when its process was known dead),
+    or for ever when that is not given."""
+    forever = 2**63
+    out = []
+    for same in runs_by_index(runs).values():
+        for i, a in enumerate(same):
+            for b in same[i + 1 :]:
+                a_end = a.end_ns if a.end_ns is not None else (unfinished_end_ns or forever)
+                b_end = b.end_ns if b.end_ns is not None else (unfinished_end_ns or forever)
+                if a.start_ns < b_end and b.start_ns < a_end:
+                    out.append((a, b))
+    return out
+
+
+def auth(env: dict[str, str]) -> dict[str, str]:
+    """The Authorization header for raw HTTP calls to a master started with ``env``."""
+    return {"Authorization": f"Bearer {env['SJE_TOKEN']}"}

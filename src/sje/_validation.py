@@ -51,13 +51,18 @@ def parse_duration(value: Any) -> float | None:
     raise ValueError("expected seconds as a number or a string like '30s', '5m', '2h', '250ms'")
 
 
+#: keys whose values never appear in messages
+SECRET_KEYS = frozenset({"token", "secret"})
+
+
 def describe_validation_error(err: ValidationError, where: str) -> str:
     """One line naming the key path, the bad value and what is allowed."""
     first = err.errors()[0]
     path = ".".join(kebab(str(p)) for p in first["loc"]) or "(top level)"
     msg = first["msg"].removeprefix("Value error, ")
     value = first.get("input")
-    shown = "" if isinstance(value, (dict, list)) else f" (got {value!r})"
+    secret = any(str(p) in SECRET_KEYS for p in first["loc"])
+    shown = "" if secret or isinstance(value, (dict, list)) else f" (got {value!r})"
     more = len(err.errors()) - 1
     tail = f"; and {more} more problem(s)" if more else ""
     return f"{where}: '{path}': {msg}{shown}{tail}"

@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 import httpx
 import orjson
@@ -124,7 +125,7 @@ class Client:
     def __init__(self, master_url: str | None = None, token: str | None = None) -> None:
         settings = load_settings(ClientSettings, None, {"master": master_url, "token": token})
         self.url = settings.master.rstrip("/")
-        headers = {"Authorization": f"Bearer {settings.token}"} if settings.token else {}
+        headers = settings.auth_headers
         self._http = httpx.Client(base_url=self.url, headers=headers, timeout=HTTP_TIMEOUT)
 
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
@@ -153,6 +154,25 @@ class Client:
 
     def health(self) -> dict[str, Any]:
         return dict(self.request("GET", "/health"))
+
+    # -- dead-letter queue --------------------------------------------------------------------
+
+    def dead_letters(self, limit: int = 50, offset: int = 0) -> dict[str, Any]:
+        """``{"total", "offset", "entries"}``, newest first."""
+        return dict(self.request("GET", "/dlq", params={"limit": limit, "offset": offset}))
+
+    def dead_letter(self, entry_id: str) -> dict[str, Any]:
+        return dict(self.request("GET", f"/dlq/{quote(entry_id, safe='')}"))
+
+    def requeue(self, entry_id: str | None = None) -> dict[str, Any]:
+        """Requeue one entry's job, or with no id every requeueable entry."""
+        path = "/dlq/requeue" if entry_id is None else f"/dlq/{quote(entry_id, safe='')}/requeue"
+        return dict(self.request("POST", path))
+
+    def purge(self, entry_id: str | None = None) -> int:
+        """Delete one entry, or with no id all of them; returns how many went."""
+        path = "/dlq" if entry_id is None else f"/dlq/{quote(entry_id, safe='')}"
+        return int(self.request("DELETE", path)["purged"])
 
     def events(
         self, job_id: str, timeout: float | None = None, job_level: bool = False

@@ -31,7 +31,7 @@ class AsyncClient:
     def __init__(self, master_url: str | None = None, token: str | None = None) -> None:
         settings = load_settings(ClientSettings, None, {"master": master_url, "token": token})
         self.url = settings.master.rstrip("/")
-        headers = {"Authorization": f"Bearer {settings.token}"} if settings.token else {}
+        headers = settings.auth_headers
         self._http = httpx.AsyncClient(base_url=self.url, headers=headers, timeout=HTTP_TIMEOUT)
 
     async def request(self, method: str, path: str, **kwargs: Any) -> Any:

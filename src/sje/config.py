@@ -11,14 +11,20 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from sje._validation import describe_validation_error, normalize_keys, parse_duration
+from sje._validation import (
+    SECRET_KEYS,
+    describe_validation_error,
+    normalize_keys,
+    parse_duration,
+)
 from sje.errors import ConfigError
+from sje.security import local_token
 
 DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_MASTER_URL = "http://127.0.0.1:7070"
@@ -48,6 +54,8 @@ class BrokerSettings(_Settings):
     redis_host: str | None = None
     redis_port: int | None = Field(default=None, ge=1, le=65535)
     key_prefix: str = Field(default="sje", min_length=1, max_length=64)
+    secret: str | None = Field(default=None, min_length=16)
+    max_message_kb: int = Field(default=1024, ge=1, le=512 * 1024)
 
     @property
     def effective_broker_url(self) -> str:
@@ -64,7 +72,8 @@ class BrokerSettings(_Settings):
 class MasterSettings(BrokerSettings):
     bind_address: str = "127.0.0.1"
     port: int = Field(default=7070, ge=0, le=65535)
-    token: str | None = None
+    auth: Literal["token", "none"] = "token"
+    token: str | None = Field(default=None, min_length=8)
     max_queue_length: int = Field(default=1_000_000, ge=1)
     lease_timeout: float = Field(default=30.0, gt=0)
     max_redeliveries: int = Field(default=3, ge=0)
@@ -97,6 +106,12 @@ class WorkerSettings(BrokerSettings):
 class ClientSettings(_Settings):
     master: str = DEFAULT_MASTER_URL
     token: str | None = None
+
+    @property
+    def auth_headers(self) -> dict[str, str]:
+        """The Bearer header: ``token``, else the one a master on this host recorded."""
+        token = self.token or local_token(self.master)
+        return {"Authorization": f"Bearer {token}"} if token else {}
 
 
 #: environment variables that are not simply ``SJE_`` + key
@@ -181,7 +196,7 @@ def printable(settings: BaseModel) -> dict[str, Any]:
     """The effective settings as kebab-case keys, secrets redacted."""
     out: dict[str, Any] = {}
     for key, value in settings.model_dump().items():
-        if key == "token" and value:
+        if key in SECRET_KEYS and value:
             value = "***"
         elif key == "broker_url" and isinstance(value, str):
             value = redact_url(value)

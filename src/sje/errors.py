@@ -14,7 +14,9 @@ The CLI maps each subtree to an exit code (``exit_code``); tracebacks only with 
     │   ├── InvalidRequest       a bad query parameter or body shape on the HTTP API
     │   ├── UnknownTask
     │   ├── JobNotFound
-    │   └── IdempotencyConflict
+    │   ├── IdempotencyConflict
+    │   ├── EntryNotFound        no such dead-letter entry
+    │   └── NotRequeueable       a dead-letter entry whose job cannot run again
     ├── QueueFull                 exit 6   a queue is at its bound (HTTP 429)
     ├── JobTimeout                exit 7   a job (or a wait on it) passed its time limit
     ├── JobFailed                 exit 8   a job ended failed or cancelled; carries the reason
@@ -26,6 +28,7 @@ from __future__ import annotations
 __all__ = [
     "BrokerError",
     "ConfigError",
+    "EntryNotFound",
     "IdempotencyConflict",
     "InvalidJob",
     "InvalidRequest",
@@ -34,6 +37,7 @@ __all__ = [
     "JobNotFound",
     "JobTimeout",
     "MasterError",
+    "NotRequeueable",
     "QueueFull",
     "SJEError",
     "UnknownTask",
@@ -100,6 +104,16 @@ class JobNotFound(JobError):
 
 class IdempotencyConflict(JobError):
     code = "idempotency_conflict"
+    http_status = 409
+
+
+class EntryNotFound(JobError):
+    code = "entry_not_found"
+    http_status = 404
+
+
+class NotRequeueable(JobError):
+    code = "not_requeueable"
     http_status = 409
 
 

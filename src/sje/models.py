@@ -23,6 +23,8 @@ from sje._validation import (
 from sje.errors import InvalidJob
 
 MAX_PRIORITY = 9
+#: the longest duration a job may ask for (timeouts, backoff, result-ttl): 10 years
+MAX_DURATION_S = 10 * 365 * 86400
 
 
 class JobState(str, enum.Enum):
@@ -48,7 +50,7 @@ class TaskState(str, enum.Enum):
     CANCELLED = "cancelled"
 
 
-TASK_COUNTERS = ("queued", "running", "retrying", "succeeded", "failed", "cancelled")
+TASK_COUNTERS = ("queued", "running", "retrying", "succeeded", "failed", "dead", "cancelled")
 
 
 def dumps(value: Any) -> bytes:
@@ -113,8 +115,8 @@ class JobSpec(BaseModel):
     @field_validator("timeout", "job_timeout", "result_ttl", "backoff", "backoff_max")
     @classmethod
     def _positive(cls, value: float | None) -> float | None:
-        if value is not None and value < 0:
-            raise ValueError("must be a positive number of seconds")
+        if value is not None and not 0 <= value <= MAX_DURATION_S:
+            raise ValueError(f"must be a number of seconds from 0 to {MAX_DURATION_S} (10 years)")
         return value
 
     @model_validator(mode="after")
@@ -172,20 +174,55 @@ def parse_job(data: Mapping[str, Any], where: str = "job definition") -> JobSpec
 
 @dataclass(frozen=True, slots=True)
 class TaskMessage:
-    """One fetched task attempt, as a worker receives it from the broker."""
+    """One fetched task attempt, as a worker receives it from the broker.
+
+    ``payload`` is the stored bytes (signature first, see ``sje.signing``) and ``header`` the
+    signed header fields as stored; ``problem`` says why a message could not even be read.
+    """
 
     id: str
     job_id: str
     index: str
     task: str
-    payload: bytes | None
+    payload: bytes
     attempt: int
     retries: int
     backoff: float
     backoff_max: float
     timeout: float | None
     kind: str  # "item" (one input), "chunk" (a list of inputs), "call" (args/kwargs), "reduce"
+    header: tuple[str, ...] = ()
+    problem: str | None = None
 
     @property
     def is_reduce(self) -> bool:
         return self.kind == "reduce"
+
+    @classmethod
+    def parse(cls, task_id: bytes, header: bytes, payload: bytes) -> TaskMessage:
+        """From a fetch reply; a header that cannot be read gives a message with ``problem``."""
+        tid = task_id.decode()
+        job_id, _, index = tid.partition(":")
+        try:
+            fields = loads(header)
+            task, kind, attempt, retries, backoff, backoff_max, timeout = fields
+            signed = (task, kind, retries, backoff, backoff_max, timeout)
+            if not all(isinstance(f, str) for f in signed):
+                raise TypeError("header fields must be strings")
+            return cls(
+                tid,
+                job_id,
+                index,
+                task,
+                payload,
+                int(attempt),
+                int(retries),
+                float(backoff),
+                float(backoff_max),
+                float(timeout) if timeout else None,
+                kind,
+                signed,
+            )
+        except (ValueError, TypeError) as exc:
+            problem = f"unreadable task header {header[:200]!r}: {exc}"
+            return cls(tid, job_id, index, "", payload, 0, 0, 0.0, 0.0, None, "", (), problem)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import sje
-from tests.support import Proc, free_port, run_sje, sje_env, start_master
+from tests.support import Proc, auth, free_port, run_sje, sje_env, start_master
 
 
 def _submit_file(tmp_path: Path, body: str) -> str:
@@ -77,7 +77,7 @@ def test_queue_full_is_refused_with_429_and_exit_code_6(
     assert "Queue full: queue 'default'" in done.stderr
     import httpx
 
-    reply = httpx.post(f"{url}/api/v1/jobs", json=job)
+    reply = httpx.post(f"{url}/api/v1/jobs", json=job, headers=auth(env))
     assert reply.status_code == 429
     assert reply.headers["retry-after"] == "5"
 
@@ -193,17 +193,19 @@ def test_non_json_input_is_refused_before_sending() -> None:
 
 
 def test_wrong_token_is_refused(env: dict[str, str], procs: list[Proc]) -> None:
-    proc, url = start_master({**env, "SJE_TOKEN": "s3cret"})
+    proc, url = start_master({**env, "SJE_TOKEN": "s3cret-token"})
     procs.append(proc)
     with pytest.raises(sje.MasterError, match="Missing or wrong API token"):
         sje.Client(url, token="wrong").jobs()
-    assert sje.Client(url, token="s3cret").jobs() == []
+    assert sje.Client(url, token="s3cret-token").jobs() == []
 
 
-def test_bad_query_parameter_is_a_400_with_the_allowed_range(master: str) -> None:
+def test_bad_query_parameter_is_a_400_with_the_allowed_range(
+    master: str, env: dict[str, str]
+) -> None:
     import httpx
 
-    reply = httpx.get(f"{master}/api/v1/jobs", params={"limit": "lots"})
+    reply = httpx.get(f"{master}/api/v1/jobs", params={"limit": "lots"}, headers=auth(env))
     assert reply.status_code == 400
     assert reply.json()["error"] == {
         "code": "invalid_request",

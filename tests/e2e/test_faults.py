@@ -299,8 +299,9 @@ def test_unregistered_task_name_fails_on_the_worker_with_a_clear_reason(
     handle = sje.Client(master).submit(
         {"task": "os.system", "args": ["echo pwned"], "allow-unknown-task": True}
     )
-    with pytest.raises(sje.JobFailed, match=r"UnknownTask: Unknown task 'os\.system'"):
+    with pytest.raises(sje.JobFailed, match=r"UnknownTask: task 'os\.system' is not registered"):
         handle.result(timeout=60)
+    assert handle.status()["tasks"]["dead"] == 1
 
 
 def test_result_that_is_not_json_fails_the_task_with_a_clear_reason(

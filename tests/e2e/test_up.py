@@ -45,7 +45,7 @@ def test_config_command_prints_effective_settings_with_secrets_hidden(
         env={
             **env,
             "SJE_PORT": "8181",
-            "SJE_TOKEN": "hunter2",
+            "SJE_TOKEN": "hunter2-hunter2",
             "SJE_BROKER_URL": "redis://user:pw@127.0.0.1:6379/0",
         },
     )

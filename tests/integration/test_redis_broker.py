@@ -21,6 +21,7 @@ from sje.config import MasterSettings
 from sje.errors import BrokerError
 from sje.master.planner import plan
 from sje.models import TaskMessage, parse_job
+from sje.signing import SIG_LEN, verify
 from sje.tasks import TaskDefaults
 
 T = TypeVar("T")
@@ -28,9 +29,19 @@ W1, W2 = "worker-1", "worker-2"
 LONG_LEASE = 60.0
 
 
+KEY = b"test-signing-key"
+
+
 def make_job(definition: dict[str, Any], **settings: Any) -> NewJob:
     """A planned job, as the master would store it (no task catalog needed)."""
-    return plan(parse_job(definition), {}, MasterSettings(**settings))
+    return plan(parse_job(definition), {}, MasterSettings(**settings), KEY)
+
+
+def payload_of(message: TaskMessage) -> bytes:
+    """The message's payload after checking its signature, as a worker does."""
+    payload = verify(KEY, message.id, message.header, message.payload)
+    assert payload is not None, f"bad signature on {message.id}"
+    return payload
 
 
 def run(redis_url: str, prefix: str, scenario: Callable[[RedisBroker], Awaitable[T]]) -> T:
@@ -71,7 +82,7 @@ async def job_of(broker: RedisBroker, job_id: str) -> dict[str, str]:
 
 
 def counts(record: dict[str, str]) -> dict[str, int]:
-    names = ("queued", "running", "retrying", "succeeded", "failed", "cancelled")
+    names = ("queued", "running", "retrying", "succeeded", "failed", "dead", "cancelled")
     return {name: int(record[f"c_{name}"]) for name in names}
 
 
@@ -104,6 +115,7 @@ def test_submit_stores_the_whole_job_pending_with_counts(redis_url: str, prefix:
             "retrying": 0,
             "succeeded": 0,
             "failed": 0,
+            "dead": 0,
             "cancelled": 0,
         }
         assert await b.depth("default") == 3
@@ -118,7 +130,8 @@ def test_submitted_inputs_persist_until_the_job_ends(
 ) -> None:
     job = make_job({"task": "t", "inputs": ["a", "b"]})
     run(redis_url, prefix, lambda b: submit_ok(b, job))
-    assert r.hgetall(f"{prefix}:job:{job.id}:in") == {b"0": b'"a"', b"1": b'"b"'}
+    stored = r.hgetall(f"{prefix}:job:{job.id}:in")
+    assert {k: v[SIG_LEN:] for k, v in stored.items()} == {b"0": b'"a"', b"1": b'"b"'}
     assert pttl(r, f"{prefix}:job:{job.id}:in") == -1  # the safety TTL was removed
     assert pttl(r, f"{prefix}:job:{job.id}") == -1
 
@@ -172,7 +185,7 @@ def test_fetch_returns_at_most_n_tasks_and_leases_them(
         assert first.job_id == job.id
         assert first.task == "app.square"
         assert first.kind == "item"
-        assert first.payload == b"10"
+        assert payload_of(first) == b"10"
         assert first.attempt == 1
         assert first.retries == 2
         record = await job_of(b, job.id)
@@ -244,7 +257,7 @@ def test_call_job_task_carries_args_and_options(redis_url: str, prefix: str) -> 
         (message,) = await b.fetch(W1, ["default"], 5, LONG_LEASE)
         assert message.kind == "call"
         assert message.index == "0"
-        assert orjson.loads(message.payload or b"") == {"args": [1], "kwargs": {"k": 2}}
+        assert orjson.loads(payload_of(message)) == {"args": [1], "kwargs": {"k": 2}}
         assert message.timeout == 5.0
         assert message.backoff == 0.5
         assert message.backoff_max == 300.0
@@ -279,7 +292,7 @@ def test_last_complete_sets_job_succeeded(redis_url: str, prefix: str, r: redis.
     async def scenario(b: RedisBroker) -> None:
         await submit_ok(b, job)
         for message in await b.fetch(W1, ["default"], 2, LONG_LEASE):
-            assert await b.complete(message.id, W1, message.payload or b"") == "ok"
+            assert await b.complete(message.id, W1, payload_of(message)) == "ok"
         record = await job_of(b, job.id)
         assert record["state"] == "succeeded"
         assert int(record["finished_at"]) >= int(record["started_at"]) >= int(record["created_at"])
@@ -341,7 +354,7 @@ def test_reduce_task_is_enqueued_after_the_last_map_task(redis_url: str, prefix:
         assert reduce.kind == "reduce"
         assert reduce.is_reduce
         assert reduce.task == "app.sum"
-        assert reduce.payload is None
+        assert payload_of(reduce) == b""
         assert reduce.attempt == 1
         assert await b.complete(reduce.id, W2, b"13") == "ok"
         assert (await job_of(b, job.id))["state"] == "succeeded"
@@ -407,9 +420,19 @@ def test_fail_without_retry_fails_the_job_with_its_error(redis_url: str, prefix:
         assert await b.fail(message.id, W1, error, None) == "failed"
         record = await job_of(b, job.id)
         assert record["state"] == "failed"
-        assert orjson.loads(record["error"]) == {"task": "0", "error": error}
+        dead_letter = f"{job.id}:0"
+        assert orjson.loads(record["error"]) == {
+            "task": "0",
+            "dead_letter": dead_letter,
+            "error": error,
+        }
         assert counts(record)["failed"] == 1
         assert counts(record)["cancelled"] == 2  # the queued rest was dropped
+        total, entries = await b.dlq.page(10, 0)
+        assert total == 1
+        assert entries[0]["id"] == dead_letter
+        assert entries[0]["state"] == "failed"
+        assert entries[0]["error"] == error
         assert counts(record)["queued"] == 0
         assert await b.depth("default") == 0
         assert await b.fetch(W1, ["default"], 5, LONG_LEASE) == []
@@ -518,6 +541,12 @@ def test_reclaim_expired_requeues_then_fails_after_max_redeliveries(
         assert error["error"]["type"] == "WorkerLost"
         assert error["error"]["attempt"] == 2
         assert "max-redeliveries=1" in error["error"]["message"]
+        assert counts(record)["dead"] == 1
+        entry = await b.dlq.entry(message.id)
+        assert entry is not None
+        assert entry["state"] == "dead"
+        assert entry["error"]["type"] == "WorkerLost"
+        assert entry["payload"] == "1"
         # the worker that lost the lease can no longer complete it
         assert await b.complete(again.id, W2, b"1") == "stale"
 
@@ -731,7 +760,7 @@ def test_task_defaults_from_catalog_shape_the_planned_job(redis_url: str, prefix
     async def scenario(b: RedisBroker) -> None:
         await b.register_worker(W1, {"name": "w"}, {"app.a": TaskDefaults(queue="gpu", retries=5)})
         spec = parse_job({"task": "app.a", "inputs": [1]})
-        job = plan(spec, await b.task_catalog(), MasterSettings())
+        job = plan(spec, await b.task_catalog(), MasterSettings(), KEY)
         await submit_ok(b, job)
         (message,) = await b.fetch(W1, ["gpu"], 1, LONG_LEASE)
         assert message.retries == 5

@@ -337,14 +337,29 @@ def test_redact_url_keeps_ipv6_brackets() -> None:
     assert redact_url("redis://u:pw@[::1]:6379/0") == "redis://u:***@[::1]:6379/0"
 
 
-def test_printable_redacts_token_and_broker_password() -> None:
-    settings = MasterSettings(broker_url="redis://u:topsecret@h:1/0", token="tok-123")
+def test_printable_redacts_token_secret_and_broker_password() -> None:
+    settings = MasterSettings(
+        broker_url="redis://u:topsecret@h:1/0", token="tok-12345", secret="sign-0123456789abcdef"
+    )
     shown = printable(settings)
     assert shown["token"] == "***"
+    assert shown["secret"] == "***"
     assert shown["broker-url"] == "redis://u:***@h:1/0"
     assert shown["max-queue-length"] == 1_000_000
     assert "topsecret" not in repr(shown)
-    assert "tok-123" not in repr(shown)
+    assert "tok-12345" not in repr(shown)
+    assert "sign-0123456789abcdef" not in repr(shown)
+
+
+def test_short_token_and_secret_are_refused_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("SJE_SECRET", "short")
+    with pytest.raises(ConfigError, match="SJE_SECRET"):
+        load_settings(MasterSettings, None)
+    monkeypatch.delenv("SJE_SECRET")
+    with pytest.raises(ConfigError, match="--token"):
+        load_settings(MasterSettings, None, {"token": "abc"})
 
 
 @pytest.mark.parametrize(
@@ -380,3 +395,11 @@ def test_bad_duration_in_yaml_names_key_and_value(tmp_path: Path) -> None:
     path = write(tmp_path, "lease-timeout: whenever\n")
     with pytest.raises(ConfigError, match=r"'lease-timeout'.*'whenever'"):
         load_settings(MasterSettings, path)
+
+
+def test_a_refused_secret_value_is_never_echoed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SJE_TOKEN", "short")
+    with pytest.raises(ConfigError) as refused:
+        load_settings(MasterSettings, None)
+    assert "SJE_TOKEN" in refused.value.message
+    assert "short" not in refused.value.message

@@ -31,8 +31,9 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from sje.broker.base import NewJob, SubmitOutcome
+from sje.broker.redis_dlq import RedisDeadLetters
 from sje.errors import BrokerError
-from sje.models import TaskMessage, dumps, loads
+from sje.models import TaskMessage, dumps
 from sje.tasks import TaskDefaults
 
 _SCRIPTS = (
@@ -46,6 +47,7 @@ _SCRIPTS = (
     "reclaim",
     "promote",
     "terminate",
+    "requeue",
 )
 _USES_TASKS = ("fetch", "complete", "complete_fetch")
 _WORKER_FORGET_S = 3600.0
@@ -73,7 +75,7 @@ class RedisBroker:
         self.prefix = prefix
         # typed Any: redis-py annotates replies as bytes | str unions; we never decode, so
         # every reply here is bytes
-        self._redis: Any = aioredis.Redis.from_url(
+        self.client: Any = aioredis.Redis.from_url(
             url,
             socket_connect_timeout=5,
             retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), 3),
@@ -81,19 +83,20 @@ class RedisBroker:
         )
         common, tasks = _lua("common"), _lua("tasks")
         self._scripts: dict[str, AsyncScript] = {
-            name: self._redis.register_script(
+            name: self.client.register_script(
                 "\n".join((common, tasks if name in _USES_TASKS else "", _lua(name)))
             )
             for name in _SCRIPTS
         }
+        self.dlq = RedisDeadLetters(self)
 
     # -- plumbing -------------------------------------------------------------------------
 
-    def _key(self, *parts: str) -> str:
+    def key(self, *parts: str) -> str:
         return ":".join((self.prefix, *parts))
 
     @contextlib.contextmanager
-    def _errors(self) -> Iterator[None]:
+    def guard(self) -> Iterator[None]:
         try:
             yield
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
@@ -104,28 +107,51 @@ class RedisBroker:
         except RedisError as exc:
             raise BrokerError(f"Redis at {_address(self.url)} failed: {exc}") from exc
 
-    async def _run(self, script: str, *args: Any) -> Any:
-        with self._errors():
+    async def run_script(self, script: str, *args: Any) -> Any:
+        with self.guard():
             return await self._scripts[script](keys=[], args=[self.prefix, *args])
 
     async def ping(self) -> None:
-        with self._errors():
-            await self._redis.ping()
+        with self.guard():
+            await self.client.ping()
 
     async def server_time(self) -> float:
-        with self._errors():
-            seconds, micros = await self._redis.time()
+        with self.guard():
+            seconds, micros = await self.client.time()
         return float(seconds) + float(micros) / 1e6
 
     async def close(self) -> None:
-        await self._redis.aclose()
+        await self.client.aclose()
+
+    async def shared_value(self, name: str, candidate: str) -> tuple[str, bool]:
+        """A deployment-wide value (``token``, ``secret``) kept in ``P:auth``: the stored one,
+        or ``candidate`` stored now when there was none. Returns (value, created)."""
+        with self.guard():
+            created = bool(await self.client.hsetnx(self.key("auth"), name, candidate))
+            value: bytes = await self.client.hget(self.key("auth"), name)
+        return value.decode(), created
+
+    async def durability_warnings(self) -> list[str]:
+        """What about this Redis could lose accepted work (empty when nothing)."""
+        where = f"Redis at {_address(self.url)}"
+        try:
+            with self.guard():
+                aof = await self.client.config_get("appendonly")
+                policy = await self.client.config_get("maxmemory-policy")
+                maxmemory = await self.client.config_get("maxmemory")
+        except BrokerError as exc:
+            return [
+                f"could not check {where} for persistence ({exc}); make sure it runs with "
+                "appendonly yes and maxmemory-policy noeviction"
+            ]
+        return durability_problems(where, aof, policy, maxmemory)
 
     # -- TaskQueue --------------------------------------------------------------------------
 
     async def fetch(
         self, worker_id: str, queues: list[str], n: int, lease_s: float
     ) -> list[TaskMessage]:
-        raw = await self._run("fetch", worker_id, int(lease_s * 1000), n, *queues)
+        raw = await self.run_script("fetch", worker_id, int(lease_s * 1000), n, *queues)
         return _messages(raw)
 
     async def complete_and_fetch(
@@ -139,60 +165,68 @@ class RedisBroker:
     ) -> tuple[str, list[TaskMessage]]:
         """``complete`` then ``fetch`` of ``n`` tasks, in one round trip."""
         lease_ms = int(lease_s * 1000)
-        raw = await self._run("complete_fetch", task_id, worker_id, result, lease_ms, n, *queues)
+        raw = await self.run_script(
+            "complete_fetch", task_id, worker_id, result, lease_ms, n, *queues
+        )
         return raw[0].decode(), _messages(raw[1:])
 
     async def wait_for_work(self, queues: list[str], timeout_s: float) -> None:
-        with self._errors():
-            await self._redis.blpop([self._key("wake", q) for q in queues], timeout=timeout_s)
+        with self.guard():
+            await self.client.blpop([self.key("wake", q) for q in queues], timeout=timeout_s)
 
     async def complete(self, task_id: str, worker_id: str, result: bytes) -> str:
-        status: bytes = await self._run("complete", task_id, worker_id, result)
+        status: bytes = await self.run_script("complete", task_id, worker_id, result)
         return status.decode()
 
     async def fail(
         self, task_id: str, worker_id: str, error: dict[str, Any], retry_in_s: float | None
     ) -> str:
         delay = -1 if retry_in_s is None else int(retry_in_s * 1000)
-        status: bytes = await self._run("fail", task_id, worker_id, dumps(error), delay)
+        status: bytes = await self.run_script(
+            "fail", task_id, worker_id, dumps(error), delay, "failed"
+        )
+        return status.decode()
+
+    async def dead_letter(self, task_id: str, worker_id: str, error: dict[str, Any]) -> str:
+        status: bytes = await self.run_script("fail", task_id, worker_id, dumps(error), -1, "dead")
         return status.decode()
 
     async def renew(self, worker_id: str, task_ids: list[str], lease_s: float) -> list[str]:
-        lost = await self._run("renew", worker_id, int(lease_s * 1000), *task_ids)
+        lost = await self.run_script("renew", worker_id, int(lease_s * 1000), *task_ids)
         return [t.decode() for t in lost]
 
     async def release(self, worker_id: str, task_ids: list[str]) -> int:
         if not task_ids:
             return 0
-        return int(await self._run("release", worker_id, *task_ids))
+        return int(await self.run_script("release", worker_id, *task_ids))
 
     # -- Scheduler --------------------------------------------------------------------------
 
     async def reclaim_expired(self, max_redeliveries: int) -> int:
-        return int(await self._run("reclaim", max_redeliveries, 1000))
+        return int(await self.run_script("reclaim", max_redeliveries, 1000))
 
     async def promote_due(self) -> int:
-        return int(await self._run("promote", 1000))
+        return int(await self.run_script("promote", 1000))
 
     async def expire_jobs(self) -> int:
         reason = "Job timeout: job {job} ran longer than its job-timeout of {limit}s"
-        return len(await self._run("terminate", "timed_out", reason))
+        return len(await self.run_script("terminate", "timed_out", reason))
 
     # -- JobStore ---------------------------------------------------------------------------
 
     async def submit(self, job: NewJob) -> SubmitOutcome:
-        inputs_key = self._key("job", job.id, "in")
+        inputs_key = self.key("job", job.id, "in")
         fields = [item for pair in job.fields.items() for item in pair]
         timeout_ms = int((job.job_timeout_s or 0) * 1000)
-        with self._errors():
-            pipe = self._redis.pipeline(transaction=False)
+        with self.guard():
+            pipe = self.client.pipeline(transaction=False)
             for start in range(0, len(job.payloads), 1000):
                 chunk = job.payloads[start : start + 1000]
                 pipe.hset(inputs_key, mapping=dict(enumerate(chunk, start)))
             # a master that dies before the script below leaves only this, and it expires
             pipe.expire(inputs_key, 3600)
             await pipe.execute()
-        status, value = await self._run(
+        status, value = await self.run_script(
             "submit",
             job.id,
             len(job.payloads),
@@ -206,15 +240,15 @@ class RedisBroker:
         )
         status, value = status.decode(), value.decode()
         if status != "ok":
-            with self._errors():
-                await self._redis.delete(inputs_key)
+            with self.guard():
+                await self.client.delete(inputs_key)
         if status == "full":
             return SubmitOutcome(status, job.id, depth=int(value))
         return SubmitOutcome(status, value)
 
     async def job(self, job_id: str) -> dict[str, str] | None:
-        with self._errors():
-            raw = await self._redis.hgetall(self._key("job", job_id))
+        with self.guard():
+            raw = await self.client.hgetall(self.key("job", job_id))
         if not raw:
             return None
         return {k.decode(): v.decode() for k, v in raw.items()}
@@ -223,15 +257,15 @@ class RedisBroker:
         """Up to ``limit`` jobs, newest first, skipping ``offset``; expired ones are pruned."""
         if limit <= 0 or offset < 0:
             return []
-        with self._errors():
-            ids = await self._redis.zrevrange(self._key("jobs"), offset, offset + limit - 1)
-            pipe = self._redis.pipeline(transaction=False)
+        with self.guard():
+            ids = await self.client.zrevrange(self.key("jobs"), offset, offset + limit - 1)
+            pipe = self.client.pipeline(transaction=False)
             for jid in ids:
-                pipe.hgetall(self._key("job", jid.decode()))
+                pipe.hgetall(self.key("job", jid.decode()))
             rows = await pipe.execute()
             gone = [jid for jid, row in zip(ids, rows, strict=True) if not row]
             if gone:
-                await self._redis.zrem(self._key("jobs"), *gone)
+                await self.client.zrem(self.key("jobs"), *gone)
         return [
             {"id": jid.decode(), **{k.decode(): v.decode() for k, v in row.items()}}
             for jid, row in zip(ids, rows, strict=True)
@@ -241,25 +275,25 @@ class RedisBroker:
     async def results(self, job_id: str, start: int, stop: int) -> list[bytes | None]:
         if stop <= start:
             return []
-        with self._errors():
-            values: list[bytes | None] = await self._redis.hmget(
-                self._key("job", job_id, "res"), [str(i) for i in range(start, stop)]
+        with self.guard():
+            values: list[bytes | None] = await self.client.hmget(
+                self.key("job", job_id, "res"), [str(i) for i in range(start, stop)]
             )
         return values
 
     async def reduce_result(self, job_id: str) -> bytes | None:
-        with self._errors():
-            value: bytes | None = await self._redis.hget(self._key("job", job_id, "res"), "r")
+        with self.guard():
+            value: bytes | None = await self.client.hget(self.key("job", job_id, "res"), "r")
         return value
 
     async def errors(self, job_id: str) -> dict[str, bytes]:
-        with self._errors():
-            raw = await self._redis.hgetall(self._key("job", job_id, "err"))
+        with self.guard():
+            raw = await self.client.hgetall(self.key("job", job_id, "err"))
         return {k.decode(): v for k, v in raw.items()}
 
     async def cancel(self, job_id: str) -> str:
         reason = "Cancelled: job {job} was cancelled on request"
-        out = await self._run("terminate", "cancelled", reason, job_id)
+        out = await self.run_script("terminate", "cancelled", reason, job_id)
         return str(out[0].decode())
 
     async def events(
@@ -267,9 +301,9 @@ class RedisBroker:
     ) -> list[tuple[str, dict[str, str]]]:
         """Events after stream id ``after``, all or ``job_level`` only; waits up to
         ``block_ms`` for one to arrive (None: not at all)."""
-        stream = self._key("job", job_id, "jev" if job_level else "ev")
-        with self._errors():
-            reply = await self._redis.xread({stream: after}, count=EVENTS_PAGE, block=block_ms)
+        stream = self.key("job", job_id, "jev" if job_level else "ev")
+        with self.guard():
+            reply = await self.client.xread({stream: after}, count=EVENTS_PAGE, block=block_ms)
         out = []
         for _stream, entries in reply or []:
             for entry_id, fields in entries:
@@ -277,12 +311,12 @@ class RedisBroker:
         return out
 
     async def depth(self, queue: str) -> int:
-        with self._errors():
-            return int(await self._redis.zcard(self._key("q", queue)))
+        with self.guard():
+            return int(await self.client.zcard(self.key("q", queue)))
 
     async def task_catalog(self) -> dict[str, TaskDefaults]:
-        with self._errors():
-            raw = await self._redis.hgetall(self._key("tasks"))
+        with self.guard():
+            raw = await self.client.hgetall(self.key("tasks"))
         return {k.decode(): TaskDefaults.from_json(orjson.loads(v)) for k, v in raw.items()}
 
     # -- worker registry ----------------------------------------------------------------------
@@ -290,31 +324,31 @@ class RedisBroker:
     async def register_worker(
         self, worker_id: str, info: dict[str, Any], tasks: dict[str, TaskDefaults]
     ) -> None:
-        with self._errors():
-            pipe = self._redis.pipeline(transaction=True)
-            pipe.hset(self._key("workers"), worker_id, dumps(info))
-            pipe.zadd(self._key("seen"), {worker_id: int(await self.server_time() * 1000)})
+        with self.guard():
+            pipe = self.client.pipeline(transaction=True)
+            pipe.hset(self.key("workers"), worker_id, dumps(info))
+            pipe.zadd(self.key("seen"), {worker_id: int(await self.server_time() * 1000)})
             if tasks:
                 pipe.hset(
-                    self._key("tasks"),
+                    self.key("tasks"),
                     mapping={name: dumps(d.to_json()) for name, d in tasks.items()},
                 )
             await pipe.execute()
 
     async def deregister_worker(self, worker_id: str) -> None:
-        with self._errors():
-            pipe = self._redis.pipeline(transaction=True)
-            pipe.hdel(self._key("workers"), worker_id)
-            pipe.zrem(self._key("seen"), worker_id)
+        with self.guard():
+            pipe = self.client.pipeline(transaction=True)
+            pipe.hdel(self.key("workers"), worker_id)
+            pipe.zrem(self.key("seen"), worker_id)
             await pipe.execute()
 
     async def workers(self) -> list[dict[str, Any]]:
         """Registered workers with ``last_seen_s`` (seconds since their last heartbeat)."""
         now = await self.server_time()
-        with self._errors():
-            infos = await self._redis.hgetall(self._key("workers"))
-            seen = dict(await self._redis.zrange(self._key("seen"), 0, -1, withscores=True))
-            owners = await self._redis.hgetall(self._key("owner"))
+        with self.guard():
+            infos = await self.client.hgetall(self.key("workers"))
+            seen = dict(await self.client.zrange(self.key("seen"), 0, -1, withscores=True))
+            owners = await self.client.hgetall(self.key("owner"))
         running: dict[bytes, int] = {}
         for wid in owners.values():
             running[wid] = running.get(wid, 0) + 1
@@ -331,25 +365,38 @@ class RedisBroker:
 
 
 def _messages(raw: list[bytes]) -> list[TaskMessage]:
-    """Task messages from a fetch reply: pairs of (header JSON, payload)."""
+    """Task messages from a fetch reply: triples of (task id, header JSON, payload)."""
+    return [TaskMessage.parse(raw[i], raw[i + 1], raw[i + 2]) for i in range(0, len(raw), 3)]
+
+
+def _config_value(reply: dict[Any, Any], name: str) -> str:
+    for key, value in reply.items():
+        if (key.decode() if isinstance(key, bytes) else key) == name:
+            return value.decode() if isinstance(value, bytes) else str(value)
+    return ""
+
+
+def durability_problems(
+    where: str, aof: dict[Any, Any], policy: dict[Any, Any], maxmemory: dict[Any, Any]
+) -> list[str]:
+    """Warnings for ``CONFIG GET`` replies of appendonly, maxmemory-policy and maxmemory."""
     out = []
-    for i in range(0, len(raw), 2):
-        tid, task, kind, attempt, retries, backoff, backoff_max, timeout = loads(raw[i])
-        job_id, _, index = tid.partition(":")
+    if _config_value(aof, "appendonly") != "yes":
         out.append(
-            TaskMessage(
-                id=tid,
-                job_id=job_id,
-                index=index,
-                task=task,
-                payload=raw[i + 1] or None,
-                attempt=int(attempt),
-                retries=int(retries),
-                backoff=float(backoff),
-                backoff_max=float(backoff_max),
-                timeout=float(timeout) if timeout else None,
-                kind=kind,
-            )
+            f"{where} has appendonly off: a Redis restart loses accepted jobs. Turn it on "
+            "(redis-cli CONFIG SET appendonly yes, and appendonly yes in redis.conf)."
+        )
+    name = _config_value(policy, "maxmemory-policy")
+    limited = _config_value(maxmemory, "maxmemory") not in ("", "0")
+    if name.startswith("allkeys-"):
+        out.append(
+            f"{where} evicts keys under memory pressure (maxmemory-policy {name}): queued jobs "
+            "can vanish. Use maxmemory-policy noeviction."
+        )
+    elif name.startswith("volatile-") and limited:
+        out.append(
+            f"{where} may evict finished jobs' results before result-ttl "
+            f"(maxmemory-policy {name}); use noeviction to keep them."
         )
     return out
 

@@ -109,8 +109,9 @@ def show_progress(handle: JobHandle, timeout: float | None) -> None:
             if event["type"] != "progress":
                 continue
             t = event["tasks"]
-            done = t["succeeded"] + t["failed"] + t["cancelled"]
-            detail = f"running {t['running']}  retrying {t['retrying']}  failed {t['failed']}"
+            failed = t["failed"] + t["dead"]
+            done = t["succeeded"] + failed + t["cancelled"]
+            detail = f"running {t['running']}  retrying {t['retrying']}  failed {failed}"
             bar.update(task_id, total=t["total"], completed=done, detail=detail)
 
 

@@ -164,8 +164,9 @@ def jobs(config_file: str | None, as_json: bool, limit: int, state: str | None) 
     table = Table("id", "name", "state", "done", "failed", "total")
     for r in rows:
         t = r["tasks"]
+        failed = t["failed"] + t["dead"]
         table.add_row(
-            r["id"], r["name"], r["state"], str(t["succeeded"]), str(t["failed"]), str(t["total"])
+            r["id"], r["name"], r["state"], str(t["succeeded"]), str(failed), str(t["total"])
         )
     out.print(table)
 

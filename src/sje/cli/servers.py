@@ -39,11 +39,15 @@ def master(
     settings = load_settings(MasterSettings, config_path(config_file), flags)
     _setup_logging()
 
+    m = Master(settings)
+
     def ready(url: str) -> None:
         out.print(f"SJE master listening on {url}", highlight=False, soft_wrap=True)
+        for notice in m.notices:
+            out.print(notice, highlight=False, soft_wrap=True)
         sys.stdout.flush()
 
-    asyncio.run(Master(settings).serve(on_ready=ready))
+    asyncio.run(m.serve(on_ready=ready))
 
 
 @cli.command()
@@ -108,6 +112,30 @@ def up(config_file: str | None, example: bool, n_workers: int, tasks: tuple[str,
     sys.exit(
         run_up(config_path(config_file), example, n_workers, list(tasks), out, err, show_progress)
     )
+
+
+@cli.command("token")
+@common
+@click.option("--broker-url", default=None, help="redis://host:port/db (broker-url).")
+def token(config_file: str | None, broker_url: str | None) -> None:
+    """Print the API token masters of this deployment use (read from the broker)."""
+    from sje.broker.registry import open_broker
+    from sje.security import resolve
+
+    settings = load_settings(MasterSettings, config_path(config_file), {"broker_url": broker_url})
+    if settings.token:
+        out.print(settings.token, highlight=False, soft_wrap=True)
+        return
+
+    async def read() -> str:
+        broker = open_broker(settings.effective_broker_url, settings.key_prefix)
+        try:
+            value, _ = await resolve(broker, "token", None)
+            return value
+        finally:
+            await broker.close()
+
+    out.print(asyncio.run(read()), highlight=False, soft_wrap=True)
 
 
 @cli.command("config")

@@ -24,14 +24,23 @@ from sje.config import MasterSettings
 from sje.errors import (
     IdempotencyConflict,
     InvalidJob,
-    InvalidRequest,
     JobNotFound,
     QueueFull,
     SJEError,
 )
+from sje.master.api_dlq import DeadLetterRoutes
+from sje.master.http import (
+    MAX_OFFSET,
+    error_response,
+    json_response,
+    query_choice,
+    query_int,
+    resume_after,
+)
+from sje.master.openapi import openapi_json
 from sje.master.planner import check_tasks, plan
 from sje.master.views import is_terminal, job_view, progress_view, sse
-from sje.models import parse_job
+from sje.models import JobState, parse_job
 from sje.results import flatten, task_range
 from sje.tasks import TaskDefaults
 
@@ -44,44 +53,21 @@ _PROGRESS_EVERY_MS = 500
 _KEEPALIVE_MS = 5000
 
 
-def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(orjson.dumps(data), status, headers, media_type="application/json")
-
-
-def query_int(request: Request, name: str, default: int, lo: int, hi: int | None) -> int:
-    """An integer query parameter within ``[lo, hi]``, or ``InvalidRequest`` saying so."""
-    raw = request.query_params.get(name)
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        value = lo - 1
-    if value < lo or (hi is not None and value > hi):
-        upper = f" to {hi}" if hi is not None else " or more"
-        raise InvalidRequest(
-            f"Query parameter '{name}={raw}': expected a whole number from {lo}{upper}."
-        )
-    return value
-
-
-def error_response(exc: SJEError) -> Response:
-    headers = {"Retry-After": str(exc.retry_after_s)} if isinstance(exc, QueueFull) else None
-    body = {"error": {"code": exc.code, "message": exc.message}}
-    return json_response(body, exc.http_status, headers)
-
-
 class Api:
     """Route handlers bound to one broker and the master's settings."""
 
-    def __init__(self, broker: RedisBroker, settings: MasterSettings) -> None:
+    def __init__(
+        self, broker: RedisBroker, settings: MasterSettings, key: bytes, token: str | None
+    ) -> None:
         self.broker = broker
         self.settings = settings
+        self.key = key
+        self.token = token
         self._catalog: dict[str, TaskDefaults] = {}
         self._catalog_at = 0.0
 
     def guarded(self, handler: Handler, *, public: bool = False) -> Handler:
-        token = self.settings.token
+        token = self.token
 
         async def run(request: Request) -> Response:
             if token and not public:
@@ -90,8 +76,8 @@ class Api:
                     body = {
                         "error": {
                             "code": "unauthorized",
-                            "message": "Missing or wrong API token: set SJE_TOKEN (or token:) "
-                            "to the master's token.",
+                            "message": "Missing or wrong API token: set SJE_TOKEN to the token "
+                            "the master printed at its first start (`sje token` prints it).",
                         }
                     }
                     return json_response(body, 401)
@@ -141,7 +127,7 @@ class Api:
             self._catalog_at = 0.0
             catalog = await self.catalog()
         check_tasks(spec, catalog)
-        new = plan(spec, catalog, self.settings)
+        new = plan(spec, catalog, self.settings, self.key)
         outcome = await self.broker.submit(new)
         if outcome.status == "full":
             raise QueueFull(
@@ -161,10 +147,9 @@ class Api:
 
     async def get_job(self, request: Request) -> Response:
         job_id = request.path_params["job_id"]
+        errors = query_choice(request, "errors", "0", ("0", "1")) == "1"
         raw = await self._job_or_404(job_id)
-        return json_response(
-            await self._full_view(job_id, raw, request.query_params.get("errors") == "1")
-        )
+        return json_response(await self._full_view(job_id, raw, errors))
 
     async def _full_view(self, job_id: str, raw: dict[str, str], errors: bool) -> dict[str, Any]:
         """The job record; with every task's last error when asked or when the job failed."""
@@ -177,8 +162,8 @@ class Api:
 
     async def list_jobs(self, request: Request) -> Response:
         limit = query_int(request, "limit", 50, 1, 1000)
-        offset = query_int(request, "offset", 0, 0, None)
-        state = request.query_params.get("state")
+        offset = query_int(request, "offset", 0, 0, MAX_OFFSET)
+        state = query_choice(request, "state", "", [s.value for s in JobState])
         rows = await self.broker.jobs(limit, offset)
         views = [job_view(r["id"], r) for r in rows]
         if state:
@@ -187,6 +172,8 @@ class Api:
 
     async def results(self, request: Request) -> Response:
         job_id = request.path_params["job_id"]
+        offset = query_int(request, "offset", 0, 0, MAX_OFFSET)
+        limit = query_int(request, "limit", 1000, 1, _MAX_PAGE)
         raw = await self._job_or_404(job_id)
         head = {"id": job_id, "state": raw["state"]}
         if raw.get("reduce") or raw["kind"] == "call":
@@ -196,8 +183,6 @@ class Api:
                 media_type="application/json",
             )
         total = int(raw["inputs"])
-        offset = query_int(request, "offset", 0, 0, None)
-        limit = query_int(request, "limit", 1000, 1, _MAX_PAGE)
         stop = min(total, offset + limit)
         items = await self._page(job_id, raw, offset, stop)
         meta = orjson.dumps(
@@ -233,9 +218,9 @@ class Api:
         """SSE. ``?scope=job`` sends job-level events and a progress snapshot at least every
         half second (what ``wait()`` and progress bars need); the default sends every event."""
         job_id = request.path_params["job_id"]
+        after = resume_after(request)
+        job_level = query_choice(request, "scope", "all", ("all", "job")) == "job"
         await self._job_or_404(job_id)
-        after = request.headers.get("last-event-id") or request.query_params.get("after", "0")
-        job_level = request.query_params.get("scope") == "job"
         stream = self._event_stream(job_id, after, job_level)
         return StreamingResponse(stream, media_type="text/event-stream")
 
@@ -264,6 +249,7 @@ class Api:
         g = self.guarded
         routes = [
             Route("/api/v1/health", g(self.health, public=True)),
+            Route("/api/v1/openapi.json", g(openapi_json, public=True)),
             Route("/api/v1/jobs", g(self.submit), methods=["POST"]),
             Route("/api/v1/jobs", g(self.list_jobs), methods=["GET"]),
             Route("/api/v1/jobs/{job_id}", g(self.get_job)),
@@ -271,5 +257,14 @@ class Api:
             Route("/api/v1/jobs/{job_id}/cancel", g(self.cancel), methods=["POST"]),
             Route("/api/v1/jobs/{job_id}/events", g(self.events)),
             Route("/api/v1/workers", g(self.workers)),
+        ]
+        dlq = DeadLetterRoutes(self.broker.dlq)
+        routes += [
+            Route("/api/v1/dlq", g(dlq.page), methods=["GET"]),
+            Route("/api/v1/dlq", g(dlq.purge_all), methods=["DELETE"]),
+            Route("/api/v1/dlq/requeue", g(dlq.requeue_all), methods=["POST"]),
+            Route("/api/v1/dlq/{entry_id}", g(dlq.show), methods=["GET"]),
+            Route("/api/v1/dlq/{entry_id}", g(dlq.purge), methods=["DELETE"]),
+            Route("/api/v1/dlq/{entry_id}/requeue", g(dlq.requeue), methods=["POST"]),
         ]
         return Starlette(routes=routes)

@@ -8,8 +8,9 @@ import uuid
 from sje.broker.base import NewJob
 from sje.broker.redis import payload_hash
 from sje.config import MasterSettings
-from sje.errors import UnknownTask
+from sje.errors import InvalidJob, UnknownTask
 from sje.models import JobSpec, dumps
+from sje.signing import sign_payloads, signature
 from sje.tasks import TaskDefaults
 
 
@@ -29,8 +30,23 @@ def check_tasks(spec: JobSpec, catalog: dict[str, TaskDefaults]) -> None:
             )
 
 
-def plan(spec: JobSpec, catalog: dict[str, TaskDefaults], settings: MasterSettings) -> NewJob:
-    """Resolve every option (job > task default > global) and split inputs into task payloads."""
+def check_sizes(payloads: list[bytes], limit_kb: int) -> None:
+    """Refuse a task payload over ``max-message-kb`` (workers would dead-letter it)."""
+    limit = limit_kb * 1024
+    for i, payload in enumerate(payloads):
+        if len(payload) > limit:
+            raise InvalidJob(
+                f"Task {i}'s input is {len(payload) / 1024:,.0f} KiB, over max-message-kb="
+                f"{limit_kb}: pass a reference (a path or URL) instead, or raise max-message-kb "
+                "on masters and workers alike."
+            )
+
+
+def plan(
+    spec: JobSpec, catalog: dict[str, TaskDefaults], settings: MasterSettings, key: bytes
+) -> NewJob:
+    """Resolve every option (job > task default > global), split inputs into task payloads and
+    sign each with ``key``."""
     d = catalog.get(spec.task, TaskDefaults())
     queue = spec.queue or d.queue
     priority = spec.priority if spec.priority is not None else d.priority
@@ -40,6 +56,7 @@ def plan(spec: JobSpec, catalog: dict[str, TaskDefaults], settings: MasterSettin
     timeout = spec.timeout if spec.timeout is not None else d.timeout
     result_ttl = spec.result_ttl if spec.result_ttl is not None else settings.result_ttl
     payloads = spec.task_payloads()
+    check_sizes(payloads, settings.max_message_kb)
     fields = {
         "name": spec.name or spec.task,
         "task": spec.task,
@@ -59,10 +76,15 @@ def plan(spec: JobSpec, catalog: dict[str, TaskDefaults], settings: MasterSettin
         "idem": spec.idempotency_key or "",
     }
     fingerprint = payload_hash(dumps(spec.model_dump(exclude={"idempotency_key"})))
+    job_id = uuid.uuid4().hex
+    header = [fields[k] for k in ("retries", "backoff", "backoff_max", "timeout")]
+    if spec.reduce:
+        sig = signature(key, f"{job_id}:r", [spec.reduce, "reduce", *header], b"")
+        fields["sig_r"] = sig.decode()
     return NewJob(
-        id=uuid.uuid4().hex,
+        id=job_id,
         fields=fields,
-        payloads=payloads,
+        payloads=sign_payloads(key, job_id, [spec.task, spec.kind, *header], payloads),
         queue=queue,
         priority=priority,
         max_queue_length=settings.max_queue_length,

@@ -16,10 +16,9 @@ from sje.config import MasterSettings, redact_url
 from sje.errors import ConfigError
 from sje.master.api import Api
 from sje.master.scheduler import SchedulerLoop
+from sje.security import LOOPBACK_HOSTS, remember_token, resolve
 
 log = logging.getLogger(__name__)
-
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
@@ -48,20 +47,35 @@ class Master:
     def __init__(self, settings: MasterSettings) -> None:
         self.settings = settings
         self.url = ""
+        #: lines for the operator, printed with the ready line (e.g. a generated token)
+        self.notices: list[str] = []
 
     async def serve(self, on_ready: Callable[[str], None] | None = None) -> None:
         s = self.settings
+        if s.auth == "none" and s.bind_address not in LOOPBACK_HOSTS:
+            raise ConfigError(
+                f"Refusing to listen on {s.bind_address} with auth: none (anyone who can reach "
+                "it could run tasks): remove auth: none, or bind to 127.0.0.1."
+            )
         broker = open_broker(s.effective_broker_url, s.key_prefix)
         await broker.ping()
-        if s.bind_address not in LOOPBACK and not s.token:
-            log.warning(
-                "listening on %s without a token: anyone who can reach it may submit",
-                s.bind_address,
-            )
+        for warning in await broker.durability_warnings():
+            log.warning("%s", warning)
+        secret, _ = await resolve(broker, "secret", s.secret)
+        token: str | None = None
+        if s.auth == "token":
+            token, source = await resolve(broker, "token", s.token)
+            if source == "generated":
+                self.notices.append(
+                    f"Generated the API token {token} (stored in the broker; shown only now). "
+                    "Clients on other hosts need SJE_TOKEN set to it."
+                )
         scheduler = SchedulerLoop(broker, s.tick_interval, s.max_redeliveries)
         sock = bind_socket(s.bind_address, s.port)
         host, port = sock.getsockname()[:2]
         self.url = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
+        if token:
+            remember_token(port, token)
 
         @contextlib.asynccontextmanager
         async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -76,7 +90,7 @@ class Master:
                 await loop_task
                 await broker.close()
 
-        app = Api(broker, s).app()
+        app = Api(broker, s, secret.encode(), token).app()
         app.router.lifespan_context = lifespan
         # open event streams must not hold a stopping master hostage
         config = uvicorn.Config(

@@ -51,10 +51,26 @@ def error_info(exc: BaseException) -> dict[str, Any]:
     }
 
 
+class BadPayload(Exception):
+    """The payload is not the JSON its kind promises; the task is dead-lettered, not retried."""
+
+
 def call_args(kind: str, payload: bytes) -> tuple[list[Any], dict[str, Any]]:
-    value = orjson.loads(payload) if payload else None
-    if kind == "call" and isinstance(value, dict):
-        return list(value["args"]), dict(value["kwargs"])
+    try:
+        value = orjson.loads(payload)
+    except orjson.JSONDecodeError as exc:
+        raise BadPayload(f"payload is not valid JSON ({exc}): {payload[:80]!r}") from None
+    if kind == "call":
+        if not (
+            isinstance(value, dict)
+            and isinstance(value.get("args"), list)
+            and isinstance(value.get("kwargs"), dict)
+            and len(value) == 2
+        ):
+            raise BadPayload('a call payload must be {"args": [...], "kwargs": {...}}')
+        return value["args"], value["kwargs"]
+    if kind == "chunk" and not isinstance(value, list):
+        raise BadPayload("a chunk payload must be a JSON list")
     return [value], {}
 
 

@@ -24,7 +24,9 @@ from sje.errors import BrokerError, WorkerError
 from sje.models import TaskMessage
 from sje.results import flatten
 from sje.retry import retry_delay
+from sje.security import resolve
 from sje.tasks import Task, load_catalog
+from sje.worker.intake import DEAD_LETTER_TYPES, Intake
 from sje.worker.pool import Child, Pool
 
 log = logging.getLogger(__name__)
@@ -45,6 +47,7 @@ class Worker:
         self.id = f"{self.name}-{uuid.uuid4().hex[:6]}"
         self.broker = open_broker(settings.effective_broker_url, settings.key_prefix)
         self.catalog: dict[str, Task[Any]] = {}
+        self.intake = Intake(b"", 0, {}, self.name)  # set in run() once the secret is known
         self.pool = Pool(
             settings.tasks,
             settings.concurrency,
@@ -83,6 +86,12 @@ class Worker:
                 f"No @sje.task functions found in {mods}; decorate them with @sje.task."
             )
         await self.broker.ping()
+        for warning in await self.broker.durability_warnings():
+            log.warning("%s", warning)
+        secret, _ = await resolve(self.broker, "secret", self.settings.secret)
+        self.intake = Intake(
+            secret.encode(), self.settings.max_message_kb * 1024, self.catalog, self.name
+        )
         await self.pool.start()
         try:
             await self.broker.register_worker(
@@ -172,19 +181,15 @@ class Worker:
             await asyncio.wait_for(self._stopping.wait(), seconds)
 
     def _start(self, message: TaskMessage) -> None:
-        task = self.catalog.get(message.task)
-        if task is None:
-            known = ", ".join(sorted(self.catalog))
-            error = {
-                "type": "UnknownTask",
-                "message": f"Unknown task '{message.task}': worker {self.name} has not registered "
-                f"it (it has: {known}). Start a worker with --tasks MODULE that defines it.",
-            }
-            self._background_run(self._report(message, None, error))
-        elif message.is_reduce:
+        body, problem = self.intake.admit(message)
+        if problem is not None:
+            self._background_run(self._report(message, None, problem))
+            return
+        task = self.catalog[message.task]
+        if message.is_reduce:
             self._background_run(self._start_reduce(message, task))
         else:
-            self._dispatch(message, task.is_async, message.payload or b"")
+            self._dispatch(message, task.is_async, body)
 
     def _dispatch(self, message: TaskMessage, is_async: bool, body: bytes) -> None:
         if not self.pool.place(message, is_async, body):
@@ -248,12 +253,14 @@ class Worker:
                 await self._complete(message, result)
             else:
                 error = {**(error or {}), "attempt": message.attempt, "worker": self.name}
-                delay = retry_delay(
-                    message.attempt, message.retries, message.backoff, message.backoff_max
-                )
-                status = await self._store(
-                    lambda: self.broker.fail(message.id, self.id, error, delay)
-                )
+                if error.get("type") in DEAD_LETTER_TYPES:
+                    call = lambda: self.broker.dead_letter(message.id, self.id, error)  # noqa: E731
+                else:
+                    delay = retry_delay(
+                        message.attempt, message.retries, message.backoff, message.backoff_max
+                    )
+                    call = lambda: self.broker.fail(message.id, self.id, error, delay)  # noqa: E731
+                status = await self._store(call)
                 log.info(
                     "task %s attempt %d failed (%s): %s",
                     message.id,

@@ -19,6 +19,11 @@ local function qkey(queue)
   return P .. ':q:' .. queue
 end
 
+-- Task ids are "<job id hex>:<index>"; anything else in a queue is garbage.
+local function is_task_id(member)
+  return string.match(member, '^%x+:%d+$') ~= nil or string.match(member, '^%x+:r$') ~= nil
+end
+
 local function split_id(member)
   local i = string.find(member, ':', 1, true)
   return string.sub(member, 1, i - 1), string.sub(member, i + 1)
@@ -99,15 +104,50 @@ local function finish_job(jid, state, now, err)
   if f[2] and f[2] ~= '' then redis.call('PEXPIRE', P .. ':idem:' .. f[2], ttl) end
 end
 
--- A task failed for good: record it and fail its job fast (pending tasks are dropped).
-local function fail_task(jid, idx, err, now)
+-- Dead-letter queue: P:dlq (ids scored by arrival number), P:dlq:e (id -> entry JSON), P:dlq:raw (the raw
+-- queue entry of orphans). ``err`` is already JSON and is spliced in as it is.
+local DLQ_MAX = 100000
+local function dlq_add(id, meta, err, now)
+  meta.id = id
+  meta.at = now
+  local entry = string.sub(cjson.encode(meta), 1, -2) .. ',"error":' .. err .. '}'
+  redis.call('ZADD', P .. ':dlq', redis.call('INCR', P .. ':dlq:seq'), id)  -- arrival order
+  redis.call('HSET', P .. ':dlq:e', id, entry)
+  local over = redis.call('ZCARD', P .. ':dlq') - DLQ_MAX
+  if over > 0 then
+    local old = redis.call('ZPOPMIN', P .. ':dlq', over)
+    for i = 1, #old, 2 do
+      redis.call('HDEL', P .. ':dlq:e', old[i])
+      redis.call('HDEL', P .. ':dlq:raw', old[i])
+    end
+  end
+  global_event('task.dead_lettered', {'entry', id})
+end
+
+-- A queue entry that names no stored task: kept (raw) in the dead-letter queue, never run.
+local function orphan(queue, member, why, now)
+  local id = 'orphan-' .. redis.call('INCR', P .. ':dlq:seq')
+  redis.call('HSET', P .. ':dlq:raw', id, member)
+  dlq_add(id, {queue = queue, state = 'dead'}, cjson.encode({type = 'OrphanMessage',
+    message = why .. '; it was never run. Purge it with `sje dlq purge ' .. id .. '`'}), now)
+end
+
+-- A task failed for good (state 'failed': its code raised on every attempt; 'dead': it could
+-- not be run): record it, dead-letter it and fail its job fast (pending tasks are dropped).
+local function fail_task(jid, idx, err, now, state)
   local jk = jkey(jid)
-  redis.call('HSET', jkey(jid, ':st'), idx, 'failed')
+  local tid = jid .. ':' .. idx
+  redis.call('HSET', jkey(jid, ':st'), idx, state)
   redis.call('HSET', jkey(jid, ':err'), idx, err)
-  redis.call('HINCRBY', jk, 'c_failed', 1)
-  job_event(jid, 'task.failed', {'task', idx})
+  redis.call('HINCRBY', jk, 'c_' .. state, 1)
+  local f = redis.call('HMGET', jk, 'task', 'reduce', 'queue')
+  local attempt = tonumber(redis.call('HGET', jkey(jid, ':att'), idx) or '0')
+  dlq_add(tid, {job = jid, task = idx, name = (idx == 'r') and f[2] or f[1], queue = f[3],
+    state = state, attempt = attempt}, err, now)
+  job_event(jid, 'task.' .. state, {'task', idx})
   drop_pending(jid)
-  finish_job(jid, 'failed', now, cjson.encode({task = idx, error = cjson.decode(err)}))
+  finish_job(jid, 'failed', now,
+    cjson.encode({task = idx, dead_letter = tid, error = cjson.decode(err)}))
 end
 
 -- Stop tracking a lease (the task finished, failed, was handed back or reclaimed).

@@ -1,7 +1,7 @@
--- ARGV: P, task_id, worker_id, error_json, retry_delay_ms (-1: no retry left)
--- Records a failed attempt; schedules a retry in the delayed set or fails the task (and its
--- job) for good. Returns retry | failed | stale.
-local member, wid, err, delay = ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
+-- ARGV: P, task_id, worker_id, error_json, retry_delay_ms (-1: no retry left), final state
+-- Records a failed attempt; schedules a retry in the delayed set or fails the task for good
+-- (final state 'failed' or 'dead', dead-lettered; its job fails). Returns retry | <state> | stale.
+local member, wid, err, delay, final = ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5]), ARGV[6]
 local jid, idx = split_id(member)
 local jk = jkey(jid)
 local jstate = redis.call('HGET', jk, 'state')
@@ -22,5 +22,5 @@ if delay >= 0 then
   job_event(jid, 'task.retrying', {'task', idx, 'worker', wid, 'delay_ms', delay})
   return 'retry'
 end
-fail_task(jid, idx, err, now)
-return 'failed'
+fail_task(jid, idx, err, now, final)
+return final

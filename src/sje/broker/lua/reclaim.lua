@@ -1,6 +1,6 @@
 -- ARGV: P, max_redeliveries, limit
 -- Reaper: tasks whose lease ran out (their worker died or hung) go back to the front of their
--- queue; after max_redeliveries such losses the task fails with a clear reason.
+-- queue; after max_redeliveries such losses the task is dead-lettered with a clear reason.
 local maxred, limit = tonumber(ARGV[2]), tonumber(ARGV[3])
 local now = now_ms()
 local expired = redis.call('ZRANGEBYSCORE', P .. ':leases', '-inf', now, 'LIMIT', 0, limit)
@@ -18,7 +18,7 @@ for _, member in ipairs(expired) do
       local err = cjson.encode({type = 'WorkerLost', attempt = tonumber(attempt), message =
         'the worker running this task stopped renewing its lease ' .. red ..
         ' times (worker died or hung); giving up after max-redeliveries=' .. maxred})
-      fail_task(jid, idx, err, now)
+      fail_task(jid, idx, err, now, 'dead')
     else
       redis.call('HSET', jkey(jid, ':st'), idx, 'queued')
       redis.call('HINCRBY', jk, 'c_queued', 1)

@@ -22,7 +22,8 @@ local fields = {'HSET', jk}
 for i = 10, #ARGV do fields[#fields + 1] = ARGV[i] end
 redis.call(unpack(fields))
 redis.call('HSET', jk, 'state', 'pending', 'created_at', now, 'remaining', n, 'c_queued', n,
-  'c_running', 0, 'c_retrying', 0, 'c_succeeded', 0, 'c_failed', 0, 'c_cancelled', 0)
+  'c_running', 0, 'c_retrying', 0, 'c_succeeded', 0, 'c_failed', 0, 'c_dead', 0,
+  'c_cancelled', 0)
 local seq = redis.call('INCRBY', P .. ':seq', n) - n
 for start = 0, n - 1, 1000 do
   local args = {'ZADD', qkey(queue)}

@@ -2,7 +2,8 @@
 -- (appended to common.lua for those scripts).
 
 -- Pops up to n runnable tasks (queues in the order given, each by priority then age), leases
--- each to the worker on the broker's clock; returns pairs {header_json, payload}.
+-- each to the worker on the broker's clock; returns triples {task_id, header_json, payload}.
+-- Entries that name no stored task go to the dead-letter queue.
 local function fetch_tasks(wid, lease_ms, n, queues)
   local now = now_ms()
   local out, got, jobs = {}, 0, {}
@@ -13,14 +14,24 @@ local function fetch_tasks(wid, lease_ms, n, queues)
       if #popped == 0 then break end
       for i = 1, #popped, 2 do
         local member = popped[i]
-        local jid, idx = split_id(member)
-        local job = jobs[jid]
-        if job == nil then
-          job = redis.call('HMGET', jkey(jid), 'state', 'task', 'kind', 'retries', 'backoff',
-            'backoff_max', 'timeout', 'reduce')
-          jobs[jid] = job
+        local job, jid, idx = nil, nil, nil
+        if is_task_id(member) then
+          jid, idx = split_id(member)
+          job = jobs[jid]
+          if job == nil then
+            job = redis.call('HMGET', jkey(jid), 'state', 'task', 'kind', 'retries', 'backoff',
+              'backoff_max', 'timeout', 'reduce', 'n', 'sig_r')
+            jobs[jid] = job
+          end
         end
-        if job[1] and not TERMINAL[job[1]] then
+        if job == nil then
+          orphan(queue, member, 'queue entry is not a task id', now)
+        elseif not job[1] then
+          orphan(queue, member, 'queue entry names job ' .. jid .. ', which is not stored', now)
+        elseif idx ~= 'r' and tonumber(idx) >= tonumber(job[9]) then
+          orphan(queue, member, 'queue entry names task ' .. idx .. ' of job ' .. jid ..
+            ', which has only ' .. job[9] .. ' tasks', now)
+        elseif not TERMINAL[job[1]] then
           local jk = jkey(jid)
           local attempt = redis.call('HINCRBY', jkey(jid, ':att'), idx, 1)
           redis.call('HSET', jkey(jid, ':st'), idx, 'running')
@@ -33,14 +44,15 @@ local function fetch_tasks(wid, lease_ms, n, queues)
             job[1] = 'running'
             job_event(jid, 'job.running', {})
           end
-          local task, kind, payload = job[2], job[3], ''
+          local task, kind, payload = job[2], job[3], nil
           if idx == 'r' then
-            task, kind = job[8], 'reduce'
+            task, kind, payload = job[8], 'reduce', job[10]
           else
-            payload = redis.call('HGET', jkey(jid, ':in'), idx) or ''
+            payload = redis.call('HGET', jkey(jid, ':in'), idx)
           end
-          out[#out + 1] = cjson.encode({member, task, kind, attempt, job[4], job[5], job[6], job[7]})
-          out[#out + 1] = payload
+          out[#out + 1] = member
+          out[#out + 1] = cjson.encode({task, kind, attempt, job[4], job[5], job[6], job[7]})
+          out[#out + 1] = payload or ''
           got = got + 1
           job_event(jid, 'task.started', {'task', idx, 'attempt', attempt, 'worker', wid})
         end
@@ -62,7 +74,7 @@ local function complete_task(member, wid, result)
     return 'stale'
   end
   local prev = redis.call('HGET', jkey(jid, ':st'), idx) or 'queued'
-  if prev == 'succeeded' or prev == 'failed' then
+  if prev == 'succeeded' or prev == 'failed' or prev == 'dead' then
     if redis.call('HGET', P .. ':owner', member) == wid then drop_lease(member) end
     return 'duplicate'
   end

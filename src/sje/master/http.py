@@ -1,0 +1,67 @@
+"""HTTP plumbing shared by the master's routes: JSON responses, errors, query parameters."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from sje.errors import InvalidRequest, QueueFull, SJEError
+
+_EVENT_ID = re.compile(r"[0-9]{1,19}(-[0-9]{1,19})?")
+#: the largest offset a paged route accepts (Redis ranges are 64-bit)
+MAX_OFFSET = 1_000_000_000_000
+
+
+def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(data), status, headers, media_type="application/json")
+
+
+def query_int(request: Request, name: str, default: int, lo: int, hi: int | None) -> int:
+    """An integer query parameter within ``[lo, hi]``, or ``InvalidRequest`` saying so."""
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    value = int(raw) if raw.isascii() and raw.isdigit() else lo - 1
+    if value < lo or (hi is not None and value > hi):
+        upper = f" to {hi}" if hi is not None else " or more"
+        raise InvalidRequest(
+            f"Query parameter '{name}={raw}': expected a whole number from {lo}{upper}."
+        )
+    return value
+
+
+def query_choice(request: Request, name: str, default: str, choices: Sequence[str]) -> str:
+    """A query parameter that must be one of ``choices``, or ``InvalidRequest`` saying so."""
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    if raw not in choices:
+        raise InvalidRequest(
+            f"Query parameter '{name}={raw}': expected one of {', '.join(choices)}."
+        )
+    return raw
+
+
+def resume_after(request: Request) -> str:
+    """Where an event stream starts: after the ``Last-Event-ID`` a reconnecting client sends,
+    else after ``?after=`` (default ``0``: every stored event)."""
+    header = request.headers.get("last-event-id") or None
+    query = request.query_params.get("after")
+    for where, raw in (("Header 'Last-Event-ID: ", header), ("Query parameter 'after=", query)):
+        if raw is not None and not _EVENT_ID.fullmatch(raw):
+            raise InvalidRequest(
+                f"{where}{raw}': expected the id of an event received (like 1712345678901-0), "
+                "or 0 for every event."
+            )
+    return header or query or "0"
+
+
+def error_response(exc: SJEError) -> Response:
+    headers = {"Retry-After": str(exc.retry_after_s)} if isinstance(exc, QueueFull) else None
+    body = {"error": {"code": exc.code, "message": exc.message}}
+    return json_response(body, exc.http_status, headers)

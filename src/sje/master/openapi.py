@@ -1,0 +1,732 @@
+"""The OpenAPI 3.1 document of the master's HTTP API, served at ``GET /api/v1/openapi.json``.
+
+The job definition schema is ``JobSpec``'s own JSON schema with the rules its validators add
+(ranges, durations, names) written in, and every key under both spellings it accepts
+(``chunk-size`` or ``chunk_size``). ``tests/unit/test_openapi.py`` checks that the document
+names exactly the routes the app has.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from sje import __version__
+from sje.errors import (
+    BrokerError,
+    EntryNotFound,
+    IdempotencyConflict,
+    InvalidJob,
+    InvalidRequest,
+    JobNotFound,
+    NotRequeueable,
+    QueueFull,
+    UnknownTask,
+)
+from sje.master.http import MAX_OFFSET
+from sje.models import MAX_DURATION_S, MAX_PRIORITY, TASK_COUNTERS, JobSpec, JobState
+
+Schema = dict[str, Any]
+
+PATH = "/api/v1/openapi.json"
+#: bounds the handlers in ``sje.master.api`` enforce
+LIST_LIMIT_MAX = 1000
+RESULTS_LIMIT_MAX = 10_000
+
+_NAME_RULE = {"type": "string", "minLength": 1, "maxLength": 200, "pattern": r"^[^:]*[^\s:][^:]*$"}
+_DURATION = r"^\s*[0-9]+(\.[0-9]+)?\s*(ms|s|m|h|d)?\s*$"
+_EVENT_ID = r"^[0-9]{1,19}(-[0-9]{1,19})?$"
+
+
+def _nullable(schema: Schema, description: str) -> Schema:
+    return {"anyOf": [schema, {"type": "null"}], "default": None, "description": description}
+
+
+def _duration(description: str) -> Schema:
+    seconds = {"type": "number", "minimum": 0, "maximum": MAX_DURATION_S}
+    text = {"type": "string", "pattern": _DURATION}
+    return {
+        "anyOf": [seconds, text, {"type": "null"}],
+        "default": None,
+        "description": f"{description} Seconds, or a string like '250ms', '30s', '5m', '2h', '1d'.",
+    }
+
+
+#: what the validators of ``JobSpec`` add to the types pydantic reports
+_FIELD_RULES: dict[str, Schema] = {
+    "name": _nullable(_NAME_RULE, "Display name; defaults to the task name."),
+    "task": {**_NAME_RULE, "description": "Registered name of the task to run."},
+    "reduce": _nullable(_NAME_RULE, "Task that receives every result, in input order."),
+    "queue": _nullable(_NAME_RULE, "Queue; defaults to the task's own, then 'default'."),
+    "inputs": _nullable(
+        {"type": "array", "minItems": 1},
+        "One task per item (or per chunk of chunk-size items). Not with args/kwargs.",
+    ),
+    "chunk_size": _nullable({"type": "integer", "minimum": 1}, "Items per task; needs inputs."),
+    "args": _nullable({"type": "array"}, "Positional arguments of a single call."),
+    "kwargs": _nullable({"type": "object"}, "Keyword arguments of a single call."),
+    "priority": _nullable(
+        {"type": "integer", "minimum": 0, "maximum": MAX_PRIORITY},
+        f"0 (lowest) to {MAX_PRIORITY} (highest).",
+    ),
+    "retries": _nullable({"type": "integer", "minimum": 0}, "Retries per task after a failure."),
+    "backoff": _duration("First retry delay, doubled per retry."),
+    "backoff_max": _duration("Longest retry delay."),
+    "timeout": _duration("Time limit of one task attempt."),
+    "job_timeout": _duration("Time limit of the whole job."),
+    "result_ttl": _duration("How long the job and its results are kept after it ends."),
+    "idempotency_key": _nullable(
+        {"type": "string"}, "Submitting the same definition with this key again returns its job."
+    ),
+    "allow_unknown_task": {
+        "type": "boolean",
+        "default": False,
+        "description": "Queue the job even if no worker has registered the task yet.",
+    },
+}
+
+
+def job_definition_schema() -> Schema:
+    """``JobSpec`` as JSON schema, each key accepted in kebab-case or snake_case."""
+    base = JobSpec.model_json_schema()
+    properties: Schema = {}
+    for field, pydantic_schema in base["properties"].items():
+        schema = copy.deepcopy(_FIELD_RULES.get(field, pydantic_schema))
+        schema.pop("title", None)
+        properties[field] = schema
+        if "_" in field:
+            properties[field.replace("_", "-")] = schema
+    return {
+        "type": "object",
+        "description": (
+            "A job definition. Keys may be written in kebab-case or snake_case. Give either "
+            "'inputs' (one task per item) or 'args'/'kwargs' (one call), not both. Options left "
+            "out take the task's defaults, then the master's."
+        ),
+        "properties": properties,
+        "required": base["required"],
+        "additionalProperties": False,
+    }
+
+
+def _nullable_type(kind: str | list[str]) -> Schema:
+    kinds = [kind] if isinstance(kind, str) else kind
+    return {"type": [*kinds, "null"]}
+
+
+def _job_schema() -> Schema:
+    counts = {c: {"type": "integer", "minimum": 0} for c in ("total", *TASK_COUNTERS)}
+    error = {"type": ["object", "null"], "properties": {"message": {"type": "string"}}}
+    properties: Schema = {
+        "id": {"type": "string"},
+        "name": _nullable_type("string"),
+        "task": _nullable_type("string"),
+        "state": {"type": "string", "enum": [s.value for s in JobState]},
+        "queue": _nullable_type("string"),
+        "reduce": _nullable_type("string"),
+        "kind": {"type": "string", "enum": ["item", "chunk", "call"]},
+        "inputs": {"type": "integer", "minimum": 0},
+        "chunk_size": _nullable_type("integer"),
+        "timeout": _nullable_type("number"),
+        "job_timeout": _nullable_type("number"),
+        "tasks": {"type": "object", "properties": counts, "required": list(counts)},
+        "error": {**error, "description": "Why the job failed, was cancelled or timed out."},
+        "priority": {"type": "integer"},
+        "retries": {"type": "integer"},
+        "created_at": {"type": "number", "description": "Epoch seconds."},
+        "started_at": _nullable_type("number"),
+        "finished_at": _nullable_type("number"),
+        "task_errors": {
+            "type": "object",
+            "additionalProperties": {"type": "object"},
+            "description": "Last error of each failed task, by task index "
+            "(with ?errors=1, or when the job failed).",
+        },
+    }
+    required = [k for k in properties if k != "task_errors"]
+    return {"type": "object", "properties": properties, "required": required}
+
+
+def _results_schema() -> Schema:
+    head: Schema = {"id": {"type": "string"}, "state": {"type": "string"}}
+    page = {
+        "type": "object",
+        "description": "One page of an item or chunk job's results, in input order "
+        "(null where a task has no result yet).",
+        "properties": {
+            **head,
+            "total": {"type": "integer", "minimum": 0},
+            "offset": {"type": "integer", "minimum": 0},
+            "count": {"type": "integer", "minimum": 0},
+            "results": {"type": "array"},
+        },
+        "required": ["id", "state", "total", "offset", "count", "results"],
+    }
+    single = {
+        "type": "object",
+        "description": "The result of a call job, or a job's reduce result (null until it is "
+        "there); offset and limit do not apply.",
+        "properties": {**head, "result": {}},
+        "required": ["id", "state", "result"],
+    }
+    return {"anyOf": [page, single]}
+
+
+def _event_schema() -> Schema:
+    """One server-sent event; ``progress`` events have no id."""
+    return {
+        "type": "object",
+        "properties": {
+            "event": {"type": "string"},
+            "id": {"type": "string", "pattern": _EVENT_ID},
+            "data": {
+                "type": "string",
+                "contentMediaType": "application/json",
+                "contentSchema": {"type": "object"},
+            },
+        },
+        "required": ["event", "data"],
+    }
+
+
+def _worker_schema() -> Schema:
+    return {
+        "type": "object",
+        "properties": {
+            "id": {"type": "string"},
+            "name": {"type": "string"},
+            "host": {"type": "string"},
+            "pid": {"type": "integer"},
+            "queues": {"type": "array", "items": {"type": "string"}},
+            "concurrency": {"type": "integer"},
+            "async_concurrency": {"type": "integer"},
+            "tasks": {"type": "array", "items": {"type": "string"}},
+            "heartbeat_interval": {"type": "number"},
+            "started_at": {"type": "number"},
+            "last_seen_s": {"type": "number", "description": "Seconds since its last heartbeat."},
+            "running": {"type": "integer", "description": "Tasks it holds a lease on."},
+            "alive": {"type": "boolean"},
+        },
+        "required": ["id", "name", "last_seen_s", "running", "alive"],
+    }
+
+
+def _ref(kind: str, name: str) -> Schema:
+    return {"$ref": f"#/components/{kind}/{name}"}
+
+
+def _json(schema: Schema, description: str) -> Schema:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _error(description: str) -> Schema:
+    return _json(_ref("schemas", "Error"), description)
+
+
+_ERROR_RESPONSES: dict[str, tuple[int, Schema]] = {
+    "BadRequest": (
+        InvalidRequest.http_status,
+        _error("A query parameter is malformed or out of range (code invalid_request)."),
+    ),
+    "Unauthorized": (
+        401,
+        _error("Missing or wrong token (code unauthorized); only when the master has a token."),
+    ),
+    "NotFound": (
+        JobNotFound.http_status,
+        _error("No such job: it never existed or its result-ttl passed (code not_found)."),
+    ),
+    "Conflict": (
+        IdempotencyConflict.http_status,
+        _error(
+            "The idempotency key belongs to a job with another definition "
+            "(code idempotency_conflict)."
+        ),
+    ),
+    "Unprocessable": (
+        InvalidJob.http_status,
+        _error(
+            "The job definition is invalid or too large (code invalid_job), or no worker has "
+            "registered its task (code unknown_task)."
+        ),
+    ),
+    "QueueFull": (
+        QueueFull.http_status,
+        {
+            **_error("The job's queue is at max-queue-length (code queue_full)."),
+            "headers": {
+                "Retry-After": {
+                    "description": "Seconds to wait before submitting again.",
+                    "required": True,
+                    "schema": {"type": "integer", "minimum": 0},
+                }
+            },
+        },
+    ),
+    "EntryNotFound": (
+        EntryNotFound.http_status,
+        _error("No such dead-letter entry (code entry_not_found)."),
+    ),
+    "NotRequeueable": (
+        NotRequeueable.http_status,
+        _error(
+            "The entry's job cannot run again: it is not failed, its record expired, or the "
+            "entry names no job (code not_requeueable)."
+        ),
+    ),
+    "BrokerDown": (
+        BrokerError.http_status,
+        _error("The master cannot reach Redis, or Redis failed (code broker)."),
+    ),
+}
+
+
+def _errors(*names: str) -> dict[str, Schema]:
+    """Error responses by status: each route may also answer 401 and 503."""
+    chosen = (*names, "Unauthorized", "BrokerDown")
+    return {str(_ERROR_RESPONSES[n][0]): _ref("responses", n) for n in chosen}
+
+
+def _job_id() -> Schema:
+    return {
+        "name": "job_id",
+        "in": "path",
+        "required": True,
+        "description": "Job id, as returned by POST /api/v1/jobs.",
+        "schema": {"type": "string", "minLength": 1},
+    }
+
+
+def _int_query(name: str, default: int, lo: int, hi: int, description: str) -> Schema:
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "description": description,
+        "schema": {"type": "integer", "minimum": lo, "maximum": hi, "default": default},
+    }
+
+
+def _operations() -> dict[str, dict[str, Schema]]:
+    job_id = _job_id()
+    public: list[Schema] = []
+    return {
+        "/api/v1/health": {
+            "get": {
+                "operationId": "health",
+                "summary": "Liveness: the master answers and reaches Redis.",
+                "security": public,
+                "responses": {
+                    "200": _json(_ref("schemas", "Health"), "Master and broker are up."),
+                    "503": _ref("responses", "BrokerDown"),
+                },
+            }
+        },
+        PATH: {
+            "get": {
+                "operationId": "openapi",
+                "summary": "This document.",
+                "security": public,
+                "responses": {"200": _json({"type": "object"}, "The OpenAPI document.")},
+            }
+        },
+        "/api/v1/jobs": {
+            "post": {
+                "operationId": "submitJob",
+                "summary": "Submit a job; its inputs are split into tasks and queued.",
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref("schemas", "JobDefinition")}},
+                },
+                "responses": {
+                    "201": _json(_ref("schemas", "Submitted"), "Accepted as a new job."),
+                    "200": _json(
+                        _ref("schemas", "Submitted"),
+                        "The idempotency key names an existing job with the same definition: "
+                        "that job (duplicate: true).",
+                    ),
+                    **_errors("Conflict", "Unprocessable", "QueueFull"),
+                },
+            },
+            "get": {
+                "operationId": "listJobs",
+                "summary": "Jobs, newest first.",
+                "parameters": [
+                    _int_query("limit", 50, 1, LIST_LIMIT_MAX, "How many jobs to read."),
+                    _int_query("offset", 0, 0, MAX_OFFSET, "How many of the newest to skip."),
+                    {
+                        "name": "state",
+                        "in": "query",
+                        "required": False,
+                        "description": "Keep only the jobs in this state (of the page read).",
+                        "schema": {"type": "string", "enum": [s.value for s in JobState]},
+                    },
+                ],
+                "responses": {
+                    "200": _json(_ref("schemas", "JobList"), "A page of jobs."),
+                    **_errors("BadRequest"),
+                },
+            },
+        },
+        "/api/v1/jobs/{job_id}": {
+            "get": {
+                "operationId": "getJob",
+                "summary": "A job's record: options, state, task counts, timestamps, error.",
+                "parameters": [
+                    job_id,
+                    {
+                        "name": "errors",
+                        "in": "query",
+                        "required": False,
+                        "description": "1: include every failed task's last error "
+                        "(always included when the job failed).",
+                        "schema": {"type": "string", "enum": ["0", "1"]},
+                    },
+                ],
+                "responses": {
+                    "200": _json(_ref("schemas", "Job"), "The job."),
+                    **_errors("BadRequest", "NotFound"),
+                },
+            }
+        },
+        "/api/v1/jobs/{job_id}/results": {
+            "get": {
+                "operationId": "getResults",
+                "summary": "A job's results so far, in input order, one page at a time.",
+                "parameters": [
+                    job_id,
+                    _int_query("offset", 0, 0, MAX_OFFSET, "First input index of the page."),
+                    _int_query("limit", 1000, 1, RESULTS_LIMIT_MAX, "Most results per page."),
+                ],
+                "responses": {
+                    "200": _json(_ref("schemas", "Results"), "The results."),
+                    **_errors("BadRequest", "NotFound"),
+                },
+            }
+        },
+        "/api/v1/jobs/{job_id}/cancel": {
+            "post": {
+                "operationId": "cancelJob",
+                "summary": "Cancel a job: queued tasks are dropped, running ones stopped.",
+                "parameters": [job_id],
+                "responses": {
+                    "200": _json(
+                        _ref("schemas", "Cancelled"),
+                        "The job after the request; cancelled is false if it had already ended.",
+                    ),
+                    **_errors("NotFound"),
+                },
+            }
+        },
+        "/api/v1/jobs/{job_id}/events": {
+            "get": {
+                "operationId": "jobEvents",
+                "summary": "Server-sent events of a job until it ends.",
+                "description": (
+                    "Stored events after `after` (or Last-Event-ID) are replayed, then live ones "
+                    "follow, with `progress` snapshots in between; the stream ends after a last "
+                    "`progress` event carrying the final job record. Each event has an `id` to "
+                    "resume from, an `event` type (job.submitted, job.running, task.started, "
+                    "task.succeeded, task.retrying, job.finished, progress, ...) and JSON `data`."
+                ),
+                "parameters": [
+                    job_id,
+                    {
+                        "name": "after",
+                        "in": "query",
+                        "required": False,
+                        "description": "Send only events after this event id (0: all).",
+                        "schema": {"type": "string", "pattern": _EVENT_ID, "default": "0"},
+                    },
+                    {
+                        "name": "Last-Event-ID",
+                        "in": "header",
+                        "required": False,
+                        "description": "As `after`, set by reconnecting SSE clients; wins. "
+                        "Empty: not given.",
+                        "schema": {"type": "string", "pattern": f"^$|{_EVENT_ID}"},
+                    },
+                    {
+                        "name": "scope",
+                        "in": "query",
+                        "required": False,
+                        "description": "job: only job-level events, and a progress snapshot "
+                        "at least every half second; all (default): every event.",
+                        "schema": {"type": "string", "enum": ["all", "job"], "default": "all"},
+                    },
+                ],
+                "responses": {
+                    "200": {
+                        "description": "An event stream (text/event-stream).",
+                        "content": {"text/event-stream": {"schema": _event_schema()}},
+                    },
+                    **_errors("BadRequest", "NotFound"),
+                },
+            }
+        },
+        "/api/v1/workers": {
+            "get": {
+                "operationId": "listWorkers",
+                "summary": "Registered workers with their last heartbeat and running tasks.",
+                "responses": {
+                    "200": _json(_ref("schemas", "WorkerList"), "The workers."),
+                    **_errors(),
+                },
+            }
+        },
+    }
+
+
+def _dlq_operations() -> dict[str, dict[str, Schema]]:
+    entry_id = {
+        "name": "entry_id",
+        "in": "path",
+        "required": True,
+        "description": "Dead-letter entry id (<job>:<task index>, or orphan-<n>).",
+        "schema": {"type": "string", "minLength": 1},
+    }
+    requeued = _json(_ref("schemas", "Requeued"), "The entry's job is running again.")
+    purged = _json(
+        {
+            "type": "object",
+            "properties": {"purged": {"type": "integer", "minimum": 0}},
+            "required": ["purged"],
+        },
+        "How many entries were deleted.",
+    )
+    return {
+        "/api/v1/dlq": {
+            "get": {
+                "operationId": "listDeadLetters",
+                "summary": "Dead-letter entries, newest first.",
+                "parameters": [
+                    _int_query("limit", 50, 1, LIST_LIMIT_MAX, "How many entries to read."),
+                    _int_query("offset", 0, 0, MAX_OFFSET, "How many of the newest to skip."),
+                ],
+                "responses": {
+                    "200": _json(_ref("schemas", "DeadLetterList"), "A page of entries."),
+                    **_errors("BadRequest"),
+                },
+            },
+            "delete": {
+                "operationId": "purgeDeadLetters",
+                "summary": "Delete every dead-letter entry.",
+                "responses": {"200": purged, **_errors()},
+            },
+        },
+        "/api/v1/dlq/requeue": {
+            "post": {
+                "operationId": "requeueDeadLetters",
+                "summary": "Requeue the jobs of every entry; entries that cannot be are skipped.",
+                "responses": {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "properties": {
+                                "requeued": {
+                                    "type": "array",
+                                    "items": _ref("schemas", "Requeued"),
+                                },
+                                "skipped": {
+                                    "type": "array",
+                                    "items": {
+                                        "type": "object",
+                                        "properties": {
+                                            "entry": {"type": "string"},
+                                            "reason": {"type": "string"},
+                                        },
+                                        "required": ["entry", "reason"],
+                                    },
+                                },
+                            },
+                            "required": ["requeued", "skipped"],
+                        },
+                        "What was requeued and what was skipped, with why.",
+                    ),
+                    **_errors(),
+                },
+            }
+        },
+        "/api/v1/dlq/{entry_id}": {
+            "get": {
+                "operationId": "getDeadLetter",
+                "summary": "An entry with its payload (or raw queue entry) and its job's state.",
+                "parameters": [entry_id],
+                "responses": {
+                    "200": _json(_ref("schemas", "DeadLetter"), "The entry."),
+                    **_errors("EntryNotFound"),
+                },
+            },
+            "delete": {
+                "operationId": "purgeDeadLetter",
+                "summary": "Delete an entry.",
+                "parameters": [entry_id],
+                "responses": {"200": purged, **_errors("EntryNotFound")},
+            },
+        },
+        "/api/v1/dlq/{entry_id}/requeue": {
+            "post": {
+                "operationId": "requeueDeadLetter",
+                "summary": "Reopen the entry's failed job: its tasks that did not succeed run "
+                "again.",
+                "parameters": [entry_id],
+                "responses": {
+                    "200": requeued,
+                    **_errors("EntryNotFound", "NotRequeueable"),
+                },
+            }
+        },
+    }
+
+
+def _dead_letter_schema() -> Schema:
+    return {
+        "type": "object",
+        "properties": {
+            "id": {"type": "string"},
+            "at": {"type": "number", "description": "Epoch milliseconds it was dead-lettered."},
+            "job": {"type": "string"},
+            "task": {"type": "string", "description": "Task index in the job ('r': reduce)."},
+            "name": {"type": "string", "description": "Task name."},
+            "queue": {"type": "string"},
+            "state": {"type": "string", "enum": ["failed", "dead"]},
+            "attempt": {"type": "integer"},
+            "error": {"type": "object"},
+            "job_state": {"type": "string", "description": "In GET of one entry."},
+            "payload": {"type": ["string", "null"], "description": "In GET of one entry."},
+            "raw": {"type": "string", "description": "In GET of an orphan entry."},
+        },
+        "required": ["id", "at", "state", "error"],
+    }
+
+
+def _schemas() -> dict[str, Schema]:
+    codes = sorted(
+        {c.code for c in (InvalidRequest, InvalidJob, UnknownTask, JobNotFound, EntryNotFound)}
+        | {c.code for c in (IdempotencyConflict, NotRequeueable, QueueFull, BrokerError)}
+        | {"unauthorized"}
+    )
+    return {
+        "Error": {
+            "type": "object",
+            "properties": {
+                "error": {
+                    "type": "object",
+                    "properties": {
+                        "code": {
+                            "type": "string",
+                            "description": "Stable machine-readable code: " + ", ".join(codes),
+                        },
+                        "message": {
+                            "type": "string",
+                            "description": "What happened and what to do about it.",
+                        },
+                    },
+                    "required": ["code", "message"],
+                }
+            },
+            "required": ["error"],
+        },
+        "Health": {
+            "type": "object",
+            "properties": {"status": {"const": "ok"}, "broker": {"const": "ok"}},
+            "required": ["status", "broker"],
+        },
+        "JobDefinition": job_definition_schema(),
+        "Submitted": {
+            "type": "object",
+            "properties": {
+                "id": {"type": "string"},
+                "duplicate": {"type": "boolean"},
+                "tasks": {"type": "integer", "minimum": 1},
+            },
+            "required": ["id", "duplicate", "tasks"],
+        },
+        "Job": _job_schema(),
+        "JobList": {
+            "type": "object",
+            "properties": {"jobs": {"type": "array", "items": _ref("schemas", "Job")}},
+            "required": ["jobs"],
+        },
+        "Results": _results_schema(),
+        "Cancelled": {
+            "allOf": [
+                _ref("schemas", "Job"),
+                {
+                    "type": "object",
+                    "properties": {"cancelled": {"type": "boolean"}},
+                    "required": ["cancelled"],
+                },
+            ]
+        },
+        "DeadLetter": _dead_letter_schema(),
+        "DeadLetterList": {
+            "type": "object",
+            "properties": {
+                "total": {"type": "integer", "minimum": 0},
+                "offset": {"type": "integer", "minimum": 0},
+                "entries": {"type": "array", "items": _ref("schemas", "DeadLetter")},
+            },
+            "required": ["total", "offset", "entries"],
+        },
+        "Requeued": {
+            "type": "object",
+            "properties": {
+                "entry": {"type": "string"},
+                "job": {"type": "string"},
+                "queued": {"type": "integer", "minimum": 0},
+            },
+            "required": ["entry", "job", "queued"],
+        },
+        "Worker": _worker_schema(),
+        "WorkerList": {
+            "type": "object",
+            "properties": {"workers": {"type": "array", "items": _ref("schemas", "Worker")}},
+            "required": ["workers"],
+        },
+    }
+
+
+def document() -> Schema:
+    """The whole OpenAPI document (a fresh copy)."""
+    return orjson.loads(_document_bytes())  # type: ignore[no-any-return]
+
+
+@functools.cache
+def _document_bytes() -> bytes:
+    doc = {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "SJE master API",
+            "version": __version__,
+            "description": (
+                "Submit jobs, follow them and read their results. Errors are "
+                '`{"error": {"code", "message"}}`. When the master has a token (SJE_TOKEN), '
+                "every route but the health check and this document needs "
+                "`Authorization: Bearer <token>`."
+            ),
+        },
+        "paths": {**_operations(), **_dlq_operations()},
+        "components": {
+            "schemas": _schemas(),
+            "responses": {name: body for name, (_status, body) in _ERROR_RESPONSES.items()},
+            "securitySchemes": {
+                "bearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "The master's token (SJE_TOKEN or token: in its config).",
+                }
+            },
+        },
+        "security": [{"bearer": []}],
+    }
+    return orjson.dumps(doc)
+
+
+async def openapi_json(request: Request) -> Response:
+    return Response(_document_bytes(), media_type="application/json")
