@@ -144,26 +144,16 @@ class WorkerError(SJEError):
     code = "worker"
 
 
+def _subclasses(cls: type[SJEError]) -> list[type[SJEError]]:
+    out = []
+    for sub in cls.__subclasses__():
+        out += [sub, *_subclasses(sub)]
+    return out
+
+
 def error_from_code(code: str, message: str) -> SJEError:
     """Rebuild the exception a server reported as ``{"code", "message"}``."""
-    for cls in _BY_CODE:
-        if cls.code == code:
-            return cls(message)
-    return SJEError(message)
+    return _BY_CODE.get(code, SJEError)(message)
 
 
-_BY_CODE: tuple[type[SJEError], ...] = (
-    ConfigError,
-    BrokerError,
-    MasterError,
-    InvalidJob,
-    InvalidRequest,
-    UnknownTask,
-    JobNotFound,
-    IdempotencyConflict,
-    JobError,
-    QueueFull,
-    JobTimeout,
-    JobFailed,
-    WorkerError,
-)
+_BY_CODE: dict[str, type[SJEError]] = {cls.code: cls for cls in _subclasses(SJEError)}

@@ -40,3 +40,15 @@ def test_every_error_class_is_exported_and_rooted_at_sje_error() -> None:
 def test_unknown_attribute_raises_attribute_error() -> None:
     with pytest.raises(AttributeError, match="module 'sje' has no attribute 'Nope'"):
         _ = sje.Nope
+
+
+def test_every_error_code_names_one_class_and_round_trips() -> None:
+    from sje.errors import _BY_CODE, _subclasses, error_from_code
+
+    classes = _subclasses(sje.SJEError)
+    assert len({c.code for c in classes}) == len(classes), "error codes must be unique"
+    for cls in classes:
+        rebuilt = error_from_code(cls.code, "m")
+        assert type(rebuilt) is cls and rebuilt.message == "m"
+    assert set(_BY_CODE.values()) == set(classes)
+    assert type(error_from_code("no-such-code", "m")) is sje.SJEError

@@ -52,7 +52,11 @@ class RedisDeadLetters:
             entry["job_state"] = state.decode() if state else "expired"
             if index != "r":
                 stored = await r.hget(self._b.key("job", job_id, "in"), index)
-                entry["payload"] = None if stored is None else _printable(stored[SIG_LEN:])
+                if stored is None:
+                    entry["payload"] = None
+                else:
+                    entry["signature"] = _printable(stored[:SIG_LEN])
+                    entry["payload"] = _printable(stored[SIG_LEN:])
         return entry
 
     async def requeue(self, entry_id: str) -> tuple[str, str, int]:
@@ -82,7 +86,12 @@ class RedisDeadLetters:
         return int(removed)
 
 
+#: control characters (a terminal would act on them) shown as escapes instead
+_CONTROLS = {c: f"\\x{c:02x}" for c in [*range(0x20), *range(0x7F, 0xA0)]}
+
+
 def _printable(data: bytes) -> str:
-    """Bytes as text for display: UTF-8 where it is, escapes where not, cut at PEEK_BYTES."""
-    text = data[:PEEK_BYTES].decode("utf-8", errors="backslashreplace")
+    """Bytes as safe text for display: UTF-8 where it is, escapes for invalid bytes and control
+    characters, cut at PEEK_BYTES."""
+    text = data[:PEEK_BYTES].decode("utf-8", errors="backslashreplace").translate(_CONTROLS)
     return text + (f"… ({len(data):,} bytes in all)" if len(data) > PEEK_BYTES else "")

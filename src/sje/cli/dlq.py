@@ -123,6 +123,7 @@ def requeue(config_file: str | None, as_json: bool, entry_ids: tuple[str, ...], 
             out.print(
                 f"Requeued {r['entry']}: job {r['job']} runs again ({r['queued']} tasks queued).",
                 highlight=False,
+                soft_wrap=True,
             )
         for s in reply["skipped"]:
             out.print(f"Skipped {s['entry']}: {s['reason']}", highlight=False, soft_wrap=True)
