@@ -49,8 +49,12 @@ except OSError:
 PY
 }
 
+# the test suite starts private Redis servers (AOF, TLS) of its own, so the binary is needed
+# even when a Redis already answers; openssl makes the TLS tests' certificates
+command -v redis-server >/dev/null || apt_install redis-server
+command -v openssl >/dev/null || apt_install openssl
+
 if ! redis_up; then
-  command -v redis-server >/dev/null || apt_install redis-server
   say "starting redis-server on $REDIS_URL_HOST:$REDIS_PORT (append-only file in .sje-data/redis)"
   mkdir -p .sje-data/redis
   redis-server --daemonize yes --bind "$REDIS_URL_HOST" --port "$REDIS_PORT" \
