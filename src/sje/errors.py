@@ -12,6 +12,7 @@ The CLI maps each subtree to an exit code (``exit_code``); tracebacks only with 
     ├── JobError                  exit 5   bad job definition, unknown task, not found, conflict
     │   ├── InvalidJob
     │   ├── InvalidRequest       a bad query parameter or body shape on the HTTP API
+    │   ├── RequestTooLarge      a request body over max-request-mb (HTTP 413)
     │   ├── UnknownTask
     │   ├── JobNotFound
     │   ├── IdempotencyConflict
@@ -39,6 +40,7 @@ __all__ = [
     "MasterError",
     "NotRequeueable",
     "QueueFull",
+    "RequestTooLarge",
     "SJEError",
     "UnknownTask",
     "WorkerError",
@@ -90,6 +92,11 @@ class InvalidJob(JobError):
 class InvalidRequest(JobError):
     code = "invalid_request"
     http_status = 400
+
+
+class RequestTooLarge(JobError):
+    code = "too_large"
+    http_status = 413
 
 
 class UnknownTask(JobError):

@@ -13,7 +13,15 @@ import orjson
 import pytest
 
 import sje
-from tests.support import Proc, free_port, redis_reachable, run_sje, start_master, wait_until
+from tests.support import (
+    Proc,
+    auth,
+    free_port,
+    redis_reachable,
+    run_sje,
+    start_master,
+    wait_until,
+)
 
 SQUARE = "tests.apps.sample_tasks.square"
 
@@ -153,3 +161,34 @@ def test_dlq_commands_explain_bad_input(master: str, env: dict[str, str]) -> Non
     )
     done = run_sje("dlq", "purge", "--all", "--yes", env=env)
     assert (done.returncode, done.stdout.strip()) == (0, "Purged 0 entries.")
+
+
+def test_payload_limits_on_submit(env: dict[str, str], procs: list[Proc]) -> None:
+    proc, url = start_master({**env, "SJE_MAX_REQUEST_MB": "0.01", "SJE_MAX_MESSAGE_KB": "1"})
+    procs.append(proc)
+    client = sje.Client(url)
+    job = {"task": SQUARE, "inputs": ["x" * 2048], "allow-unknown-task": True}
+    with pytest.raises(sje.InvalidJob) as big_input:
+        client.submit(job)
+    assert big_input.value.message == (
+        "Task 0's input is 2 KiB, over max-message-kb=1: pass a reference (a path or URL) "
+        "instead, or raise max-message-kb on masters and workers alike."
+    )
+    too_large = (
+        "Request body over max-request-mb=0.01: split the job into smaller ones, or raise "
+        "max-request-mb on the master."
+    )
+    with pytest.raises(sje.RequestTooLarge) as big_body:
+        client.submit({**job, "inputs": ["x" * 100] * 200})
+    assert big_body.value.message == too_large
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: the master counts as it reads
+        yield b'{"task": "t", "inputs": ['
+        for _ in range(2000):
+            yield b'"xxxxxxxxxx",'
+        yield b'"x"]}'
+
+    reply = httpx.post(f"{url}/api/v1/jobs", content=chunks(), headers=auth(env))
+    assert reply.status_code == 413
+    assert reply.json()["error"] == {"code": "too_large", "message": too_large}
+    assert client.jobs() == []

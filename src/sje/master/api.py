@@ -35,6 +35,7 @@ from sje.master.http import (
     json_response,
     query_choice,
     query_int,
+    read_body,
     resume_after,
 )
 from sje.master.openapi import openapi_json
@@ -110,13 +111,7 @@ class Api:
         return json_response({"status": "ok", "broker": "ok"})
 
     async def submit(self, request: Request) -> Response:
-        limit = int(self.settings.max_request_mb * 1024 * 1024)
-        if int(request.headers.get("content-length") or 0) > limit:
-            raise InvalidJob(
-                f"Job definition too large: over max-request-mb={self.settings.max_request_mb}. "
-                "Split the job or raise max-request-mb on the master."
-            )
-        body = await request.body()
+        body = await read_body(request, self.settings.max_request_mb)
         try:
             data = orjson.loads(body)
         except orjson.JSONDecodeError as exc:

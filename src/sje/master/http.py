@@ -10,7 +10,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from sje.errors import InvalidRequest, QueueFull, SJEError
+from sje.errors import InvalidRequest, QueueFull, RequestTooLarge, SJEError
 
 _EVENT_ID = re.compile(r"[0-9]{1,19}(-[0-9]{1,19})?")
 #: the largest offset a paged route accepts (Redis ranges are 64-bit)
@@ -65,3 +65,23 @@ def error_response(exc: SJEError) -> Response:
     headers = {"Retry-After": str(exc.retry_after_s)} if isinstance(exc, QueueFull) else None
     body = {"error": {"code": exc.code, "message": exc.message}}
     return json_response(body, exc.http_status, headers)
+
+
+async def read_body(request: Request, limit_mb: float) -> bytes:
+    """The request body, refused with ``RequestTooLarge`` as soon as it passes ``limit_mb``
+    (whatever Content-Length claims, so a chunked upload cannot exhaust memory either)."""
+    limit = int(limit_mb * 1024 * 1024)
+    too_large = RequestTooLarge(
+        f"Request body over max-request-mb={limit_mb:g}: split the job into smaller ones, or "
+        "raise max-request-mb on the master."
+    )
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise too_large
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
