@@ -38,6 +38,7 @@ def test_a_master_without_a_token_generates_one_prints_it_once_and_requires_it(
     first, url = start_master(env)
     procs.append(first)
     line = wait_until(lambda: first.find("Generated the API token"), 10, "the token notice")
+    assert line is not None
     token = line.split("Generated the API token ", 1)[1].split(" ", 1)[0]
     assert len(token) >= 32
 

@@ -86,8 +86,12 @@ def test_poison_messages_are_dead_lettered_never_run_and_good_work_completes(
 
     w = worker("--concurrency", "2")
     assert good.result(timeout=60) == [i * i for i in range(20)]
+
+    def failed(job_id: str) -> bool:
+        return bool(client.job(job_id).status()["state"] == "failed")
+
     for job_id in jobs.values():
-        wait_until(lambda j=job_id: client.job(j).status()["state"] == "failed", 30, f"{job_id}")
+        wait_until(lambda: failed(job_id), 30, f"job {job_id} to fail")  # noqa: B023
 
     page = client.dead_letters(limit=100)
     assert page["total"] == len(jobs) + 1

@@ -54,6 +54,11 @@ _PROGRESS_EVERY_MS = 500
 _KEEPALIVE_MS = 5000
 
 
+def _is_job_id(text: str) -> bool:
+    """False for text with ':', which would name another key of a job (ids are hex)."""
+    return ":" not in text
+
+
 class Api:
     """Route handlers bound to one broker and the master's settings."""
 
@@ -96,7 +101,7 @@ class Api:
         return self._catalog
 
     async def _job_or_404(self, job_id: str) -> dict[str, str]:
-        raw = await self.broker.job(job_id)
+        raw = await self.broker.job(job_id) if _is_job_id(job_id) else None
         if raw is None:
             raise JobNotFound(
                 f"No job '{job_id}': it never existed or its results expired (result-ttl). "
@@ -199,7 +204,7 @@ class Api:
 
     async def cancel(self, request: Request) -> Response:
         job_id = request.path_params["job_id"]
-        status = await self.broker.cancel(job_id)
+        status = await self.broker.cancel(job_id) if _is_job_id(job_id) else "missing"
         raw = await self._job_or_404(job_id)
         return json_response({**job_view(job_id, raw), "cancelled": status == "ok"})
 

@@ -12,7 +12,8 @@ from starlette.responses import Response
 
 from sje.errors import InvalidRequest, QueueFull, RequestTooLarge, SJEError
 
-_EVENT_ID = re.compile(r"[0-9]{1,19}(-[0-9]{1,19})?")
+#: a Redis stream entry id, as events carry it
+EVENT_ID = re.compile(r"[0-9]{1,19}(-[0-9]{1,19})?")
 #: the largest offset a paged route accepts (Redis ranges are 64-bit)
 MAX_OFFSET = 1_000_000_000_000
 
@@ -53,7 +54,7 @@ def resume_after(request: Request) -> str:
     header = request.headers.get("last-event-id") or None
     query = request.query_params.get("after")
     for where, raw in (("Header 'Last-Event-ID: ", header), ("Query parameter 'after=", query)):
-        if raw is not None and not _EVENT_ID.fullmatch(raw):
+        if raw is not None and not EVENT_ID.fullmatch(raw):
             raise InvalidRequest(
                 f"{where}{raw}': expected the id of an event received (like 1712345678901-0), "
                 "or 0 for every event."

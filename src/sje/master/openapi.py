@@ -1,9 +1,10 @@
 """The OpenAPI 3.1 document of the master's HTTP API, served at ``GET /api/v1/openapi.json``.
 
-The job definition schema is ``JobSpec``'s own JSON schema with the rules its validators add
-(ranges, durations, names) written in, and every key under both spellings it accepts
-(``chunk-size`` or ``chunk_size``). ``tests/unit/test_openapi.py`` checks that the document
-names exactly the routes the app has.
+The job definition schema lists ``JobSpec``'s fields under both spellings the API accepts
+(``chunk-size`` or ``chunk_size``), each with the rules its validators check (ranges,
+durations, names) written out; a field without such rules keeps the schema pydantic gives it.
+``tests/unit/test_openapi.py`` checks that the document names exactly the routes the app has
+and that job definitions it allows are accepted.
 """
 
 from __future__ import annotations
@@ -26,9 +27,10 @@ from sje.errors import (
     JobNotFound,
     NotRequeueable,
     QueueFull,
+    RequestTooLarge,
     UnknownTask,
 )
-from sje.master.http import MAX_OFFSET
+from sje.master.http import EVENT_ID, MAX_OFFSET
 from sje.models import MAX_DURATION_S, MAX_PRIORITY, TASK_COUNTERS, JobSpec, JobState
 
 Schema = dict[str, Any]
@@ -38,9 +40,11 @@ PATH = "/api/v1/openapi.json"
 LIST_LIMIT_MAX = 1000
 RESULTS_LIMIT_MAX = 10_000
 
-_NAME_RULE = {"type": "string", "minLength": 1, "maxLength": 200, "pattern": r"^[^:]*[^\s:][^:]*$"}
+# a name with a character other than ':' and whitespace (as str.strip() sees it)
+_NAME = r"^[^:]*[^\s\x1c-\x1f\x85:][^:]*$"
+_NAME_RULE = {"type": "string", "minLength": 1, "maxLength": 200, "pattern": _NAME}
 _DURATION = r"^\s*[0-9]+(\.[0-9]+)?\s*(ms|s|m|h|d)?\s*$"
-_EVENT_ID = r"^[0-9]{1,19}(-[0-9]{1,19})?$"
+_EVENT_ID = f"^{EVENT_ID.pattern}$"
 
 
 def _nullable(schema: Schema, description: str) -> Schema:
@@ -53,7 +57,8 @@ def _duration(description: str) -> Schema:
     return {
         "anyOf": [seconds, text, {"type": "null"}],
         "default": None,
-        "description": f"{description} Seconds, or a string like '250ms', '30s', '5m', '2h', '1d'.",
+        "description": f"{description} Seconds, or a string like '250ms', '30s', '5m', '2h', "
+        f"'1d'; at most {MAX_DURATION_S} seconds (10 years).",
     }
 
 
@@ -111,7 +116,20 @@ def job_definition_schema() -> Schema:
         "properties": properties,
         "required": base["required"],
         "additionalProperties": False,
+        "allOf": _shape_rules(),
     }
+
+
+def _shape_rules() -> list[Schema]:
+    """What ``JobSpec._shape`` checks across keys: chunk-size needs inputs; inputs exclude
+    args and kwargs."""
+    has_inputs: Schema = {"required": ["inputs"], "properties": {"inputs": {"type": "array"}}}
+    rules = [
+        {"if": {"required": [key], "properties": {key: {"type": "integer"}}}, "then": has_inputs}
+        for key in ("chunk_size", "chunk-size")
+    ]
+    no_call = {"properties": {"args": {"type": "null"}, "kwargs": {"type": "null"}}}
+    return [*rules, {"if": has_inputs, "then": no_call}]
 
 
 def _nullable_type(kind: str | list[str]) -> Schema:
@@ -251,9 +269,13 @@ _ERROR_RESPONSES: dict[str, tuple[int, Schema]] = {
     "Unprocessable": (
         InvalidJob.http_status,
         _error(
-            "The job definition is invalid or too large (code invalid_job), or no worker has "
-            "registered its task (code unknown_task)."
+            "The job definition is invalid, or a task's input is over max-message-kb (code "
+            "invalid_job), or no worker has registered its task (code unknown_task)."
         ),
+    ),
+    "TooLarge": (
+        RequestTooLarge.http_status,
+        _error("The request body is over the master's max-request-mb (code too_large)."),
     ),
     "QueueFull": (
         QueueFull.http_status,
@@ -350,7 +372,7 @@ def _operations() -> dict[str, dict[str, Schema]]:
                         "The idempotency key names an existing job with the same definition: "
                         "that job (duplicate: true).",
                     ),
-                    **_errors("Conflict", "Unprocessable", "QueueFull"),
+                    **_errors("TooLarge", "Conflict", "Unprocessable", "QueueFull"),
                 },
             },
             "get": {
@@ -608,7 +630,8 @@ def _dead_letter_schema() -> Schema:
 def _schemas() -> dict[str, Schema]:
     codes = sorted(
         {c.code for c in (InvalidRequest, InvalidJob, UnknownTask, JobNotFound, EntryNotFound)}
-        | {c.code for c in (IdempotencyConflict, NotRequeueable, QueueFull, BrokerError)}
+        | {c.code for c in (RequestTooLarge, IdempotencyConflict, NotRequeueable, QueueFull)}
+        | {BrokerError.code}
         | {"unauthorized"}
     )
     return {
@@ -694,7 +717,8 @@ def _schemas() -> dict[str, Schema]:
 
 def document() -> Schema:
     """The whole OpenAPI document (a fresh copy)."""
-    return orjson.loads(_document_bytes())  # type: ignore[no-any-return]
+    doc: Schema = orjson.loads(_document_bytes())
+    return doc
 
 
 @functools.cache
