@@ -223,6 +223,8 @@ class Ctx:
         env["PYTHONUNBUFFERED"] = "1"
         env["BENCH_REDIS_URL"] = redis_url(PEER_DB)
         env["BENCH_COUNTER_KEY"] = counter
+        env["SJE_TASK_ENV"] = "BENCH_REDIS_URL,BENCH_COUNTER_KEY"  # SJE children get no others
+        env["SJE_TOKEN"] = f"bench-token-{self.run_id}"
         env.update(extra)
         return env
 
@@ -393,7 +395,7 @@ def bench_sje(ctx: Ctx, res: dict[str, Any]) -> None:
     )
     url = master.wait_for("listening on", ctx.deadline.cap(60)).rsplit(" ", 1)[-1]
     workers = start_sje_workers(ctx, env, ["sje-drain-1", "sje-drain-2"])
-    client = sje.Client(url)
+    client = sje.Client(url, token=env["SJE_TOKEN"])
     try:
         sje_enqueue(ctx, client, res)
         sje_drain(ctx, client, workers, counter, res)

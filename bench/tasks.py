@@ -13,6 +13,9 @@ never imports Celery or Dramatiq and the other way round: worker memory stays co
 - Celery: ``celery -A bench.tasks:celery_app worker`` (``celery_noop``, ``celery_noop_result``)
 - Dramatiq: ``dramatiq bench.tasks:dramatiq_broker`` (``dramatiq_noop``,
   ``dramatiq_noop_result``)
+
+``count`` is the load test's task (``load.py``): it takes the counter's Redis URL and key as
+arguments, so it needs nothing from the environment of the worker's child.
 """
 
 from __future__ import annotations
@@ -49,6 +52,26 @@ def _noop(x: Any) -> Any:
 def noop(x: Any) -> Any:
     """SJE's no-op."""
     return _noop(x)
+
+
+_counters: dict[str, redis.Redis] = {}
+_counters_pid = 0
+
+
+@sje.task
+def count(url: str, key: str) -> int:
+    """The load test's task: ``INCR key`` in the Redis at ``url``; returns the new count.
+
+    One client per URL and process, made on first use, so an execution costs one round trip.
+    """
+    global _counters_pid
+    if _counters_pid != os.getpid():
+        _counters.clear()
+        _counters_pid = os.getpid()
+    client = _counters.get(url)
+    if client is None:
+        client = _counters[url] = redis.Redis.from_url(url)
+    return int(client.incr(key))
 
 
 def rq_noop(x: Any) -> Any:

@@ -269,11 +269,6 @@ def api_client(env: dict[str, str], url: str | None = None) -> sje.Client:
     return sje.Client(url or env["SJE_MASTER"], token=env.get("SJE_TOKEN"))
 
 
-def auth_headers(env: dict[str, str]) -> dict[str, str]:
-    token = env.get("SJE_TOKEN")
-    return {"Authorization": f"Bearer {token}"} if token else {}
-
-
 @dataclass(frozen=True)
 class Run:
     """One execution of a task, from the marker file it wrote (``tests.apps.fault_tasks``);

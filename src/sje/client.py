@@ -53,6 +53,12 @@ def raise_for(response: httpx.Response, url: str) -> None:
 
 
 def unreachable(url: str, exc: Exception) -> MasterError:
+    if isinstance(exc, httpx.TimeoutException) and not isinstance(exc, httpx.ConnectTimeout):
+        return MasterError(
+            f"The master at {url} did not answer within {HTTP_TIMEOUT.read:g}s "
+            f"({type(exc).__name__}); it may be waiting on its broker. Retry (with an "
+            "idempotency-key a retried submit cannot run twice), or check the master's log."
+        )
     return MasterError(
         f"Connection refused: no SJE master answers at {url} ({type(exc).__name__}). "
         "Start one with `sje master`, or set SJE_MASTER to its URL."

@@ -15,7 +15,14 @@ from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from sje._validation import (
     SECRET_KEYS,
@@ -96,11 +103,42 @@ class WorkerSettings(BrokerSettings):
     heartbeat_interval: float = Field(default=2.0, gt=0)
     shutdown_grace: float = Field(default=30.0, ge=0)
     max_tasks_per_child: int = Field(default=0, ge=0)
+    # task isolation (see docs/security.md); 0 means unlimited
+    task_memory_mb: int = Field(default=0, ge=0)
+    task_cpu_seconds: int = Field(default=0, ge=0)
+    task_max_files: int = Field(default=4096, ge=0)
+    task_max_processes: int = Field(default=512, ge=0)
+    task_nice: int = Field(default=5, ge=0, le=19)
+    task_user: str | None = None
+    task_network: Literal["allow", "none"] = "allow"
+    task_env: list[str] = Field(default_factory=list)
 
-    _lists = field_validator("queues", "tasks", mode="before")(_split_list)
+    _lists = field_validator("queues", "tasks", "task_env", mode="before")(_split_list)
     _durations = field_validator(
         "lease_timeout", "heartbeat_interval", "shutdown_grace", mode="before"
     )(parse_duration)
+
+    @field_validator("task_memory_mb", "task_max_files", "task_max_processes")
+    @classmethod
+    def _zero_or_enough(cls, value: int, info: ValidationInfo) -> int:
+        least = {"task_memory_mb": 128, "task_max_files": 32, "task_max_processes": 16}
+        minimum = least[str(info.field_name)]
+        if 0 < value < minimum:
+            raise ValueError(
+                f"use 0 (unlimited) or at least {minimum}: a child process needs that much to start"
+            )
+        return value
+
+    @field_validator("task_env")
+    @classmethod
+    def _no_sje_variables(cls, names: list[str]) -> list[str]:
+        bad = [n for n in names if n.upper().startswith("SJE_")]
+        if bad:
+            raise ValueError(
+                f"{bad[0]} cannot be passed to tasks: SJE_* variables hold the broker password "
+                "and API secrets; list only the variables tasks need"
+            )
+        return names
 
 
 class ClientSettings(_Settings):

@@ -53,6 +53,12 @@ def _await_line(proc: subprocess.Popen[str], marker: str, log: Path, what: str) 
     return found[0]
 
 
+def _warnings(log: Path) -> list[str]:
+    """The messages a process logged as warnings so far (e.g. about Redis durability)."""
+    text = log.read_text(errors="replace") if log.exists() else ""
+    return [line.split(": ", 1)[-1] for line in text.splitlines() if " WARNING " in line]
+
+
 def _stop(procs: list[subprocess.Popen[str]]) -> None:
     for proc in procs:
         if proc.poll() is None:
@@ -127,6 +133,8 @@ def run_up(
         master = start(["master", "--port", str(settings.port)], "master")
         line = _await_line(master, "listening on", logs / "master.log", "master")
         master_url = line.rsplit(" ", 1)[-1]
+        for warning in _warnings(logs / "master.log"):
+            err.print(f"Warning: {warning}", highlight=False, soft_wrap=True)
         per_worker = max(1, (os.cpu_count() or 1) // max(1, n_workers))
         modules = tasks or ["sje.examples"]
         for i in range(n_workers):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import redis
 
 from sje.broker.redis import RedisBroker
@@ -172,5 +174,29 @@ def test_the_dead_letter_queue_is_listed_newest_first_and_paged(
         assert [e["id"] for e in (await b.dlq.page(2, 2))[1]] == [ids[0]]
         assert all(e["state"] == "failed" for e in page)
         assert sorted(await b.dlq.ids()) == sorted(ids)
+
+    run(redis_url, prefix, scenario)
+
+
+def test_the_job_index_forgets_expired_jobs_a_slice_at_a_time(
+    redis_url: str, prefix: str, r: redis.Redis
+) -> None:
+    jobs = [make_job({"task": "t", "inputs": [i]}) for i in range(5)]
+
+    async def scenario(b: RedisBroker) -> None:
+        for job in jobs:
+            await submit_ok(b, job)
+        for job in jobs[1::2]:  # records expired (result-ttl passed)
+            r.delete(f"{prefix}:job:{job.id}")
+        assert await b.prune_index() == 2
+        assert r.zcard(f"{prefix}:jobs") == 3
+        assert await b.prune_index() == 0
+        r.delete(f"{prefix}:job:{jobs[0].id}")
+        assert await b.prune_index() == 1  # each walk starts over once the index is done
+        members: Any = r.zrange(f"{prefix}:jobs", 0, -1)  # redis-py types replies loosely
+        assert {m.decode() for m in members} == {
+            jobs[2].id,
+            jobs[4].id,
+        }
 
     run(redis_url, prefix, scenario)

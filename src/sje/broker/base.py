@@ -111,6 +111,10 @@ class Scheduler(Protocol):
         """End jobs past their ``job-timeout`` as ``timed_out``."""
         ...
 
+    async def prune_index(self) -> int:
+        """Forget (a slice of) the jobs whose records expired; returns how many."""
+        ...
+
 
 class JobStore(Protocol):
     """Durable job state: a job is stored whole or not at all; terminal jobs expire by TTL."""

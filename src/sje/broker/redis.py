@@ -48,6 +48,7 @@ _SCRIPTS = (
     "promote",
     "terminate",
     "requeue",
+    "prune",
 )
 _USES_TASKS = ("fetch", "complete", "complete_fetch")
 _WORKER_FORGET_S = 3600.0
@@ -208,6 +209,9 @@ class RedisBroker:
     async def promote_due(self) -> int:
         return int(await self.run_script("promote", 1000))
 
+    async def prune_index(self) -> int:
+        return int(await self.run_script("prune", 1000))
+
     async def expire_jobs(self) -> int:
         reason = "Job timeout: job {job} ran longer than its job-timeout of {limit}s"
         return len(await self.run_script("terminate", "timed_out", reason))
@@ -218,14 +222,22 @@ class RedisBroker:
         inputs_key = self.key("job", job.id, "in")
         fields = [item for pair in job.fields.items() for item in pair]
         timeout_ms = int((job.job_timeout_s or 0) * 1000)
+        chunks = [
+            dict(enumerate(job.payloads[start : start + 1000], start))
+            for start in range(0, len(job.payloads), 1000)
+        ]
         with self.guard():
-            pipe = self.client.pipeline(transaction=False)
-            for start in range(0, len(job.payloads), 1000):
-                chunk = job.payloads[start : start + 1000]
-                pipe.hset(inputs_key, mapping=dict(enumerate(chunk, start)))
-            # a master that dies before the script below leaves only this, and it expires
-            pipe.expire(inputs_key, 3600)
-            await pipe.execute()
+            # the inputs key is born with a TTL (MULTI: both or neither), and HSET keeps it: a
+            # master that dies before the script below leaves nothing permanent behind
+            first = self.client.pipeline(transaction=True)
+            first.hset(inputs_key, mapping=chunks[0])
+            first.expire(inputs_key, 3600)
+            await first.execute()
+            if len(chunks) > 1:
+                rest = self.client.pipeline(transaction=False)
+                for chunk in chunks[1:]:
+                    rest.hset(inputs_key, mapping=chunk)
+                await rest.execute()
         status, value = await self.run_script(
             "submit",
             job.id,

@@ -93,6 +93,9 @@ def worker(
                 highlight=False,
                 soft_wrap=True,
             )
+            if wk.pool.isolation is not None:
+                isolation = wk.pool.isolation.describe()
+                out.print(f"  isolation: {isolation}", highlight=False, soft_wrap=True)
             sys.stdout.flush()
 
         await w.run(on_ready=ready)

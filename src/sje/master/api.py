@@ -141,7 +141,7 @@ class Api:
                 f"{outcome.job_id} with a different definition; use a new key."
             )
         duplicate = outcome.status == "duplicate"
-        log.info("job %s %s (%d tasks)", outcome.job_id, outcome.status, len(new.payloads))
+        log.debug("job %s %s (%d tasks)", outcome.job_id, outcome.status, len(new.payloads))
         body_out = {"id": outcome.job_id, "duplicate": duplicate, "tasks": len(new.payloads)}
         return json_response(body_out, 200 if duplicate else 201)
 

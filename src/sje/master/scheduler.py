@@ -28,6 +28,7 @@ class SchedulerLoop:
         promoted = await self.broker.promote_due()
         reclaimed = await self.broker.reclaim_expired(self.max_redeliveries)
         expired = await self.broker.expire_jobs()
+        await self.broker.prune_index()
         if reclaimed:
             log.warning("reclaimed %d task(s) whose worker stopped renewing its lease", reclaimed)
         if promoted or expired:

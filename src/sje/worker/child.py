@@ -11,7 +11,9 @@ import asyncio
 import concurrent.futures
 import contextlib
 import ctypes
+import math
 import os
+import resource
 import signal
 import sys
 import threading
@@ -25,6 +27,13 @@ from sje.errors import SJEError
 from sje.tasks import Task, load_catalog
 
 _PR_SET_PDEATHSIG = 1
+_CPU_GRACE_S = 2  # between SIGXCPU (soft limit) and SIGKILL (hard limit)
+#: spec key -> (resource, bytes per unit, setting) for the limits set once at start-up
+_START_LIMITS = (
+    ("memory_mb", resource.RLIMIT_AS, 1024 * 1024, "task-memory-mb"),
+    ("max_files", resource.RLIMIT_NOFILE, 1, "task-max-files"),
+    ("nproc", resource.RLIMIT_NPROC, 1, "task-max-processes"),
+)
 
 
 def frame(header: dict[str, Any], body: bytes = b"") -> bytes:
@@ -43,10 +52,101 @@ def _die_with_parent() -> None:
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
+def _join_cgroup(spec: dict[str, Any]) -> str | None:
+    if spec.get("cgroup"):
+        try:
+            with open(os.path.join(spec["cgroup"], "cgroup.procs"), "w") as f:
+                f.write(str(os.getpid()))
+        except OSError as exc:
+            return f"cannot join the pids cgroup {spec['cgroup']}: {exc.strerror}"
+    return None
+
+
+def _set_limits(spec: dict[str, Any]) -> str | None:
+    for key, which, unit, setting in _START_LIMITS:
+        value = int(spec.get(key) or 0)
+        if not value:
+            continue
+        _, hard = resource.getrlimit(which)
+        limit = value * unit if hard == resource.RLIM_INFINITY else min(value * unit, hard)
+        try:
+            resource.setrlimit(which, (limit, limit))
+        except (ValueError, OSError) as exc:
+            return f"cannot apply {setting} {value}: {exc}; lower it or set it to 0"
+    if spec.get("nice"):
+        os.nice(int(spec["nice"]))
+    return None
+
+
+def _leave_network(spec: dict[str, Any]) -> str | None:
+    flags = int(spec.get("unshare") or 0)
+    if flags:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.unshare(flags) != 0:
+            reason = os.strerror(ctypes.get_errno())
+            return f"task-network is none but unshare() failed here: {reason}"
+    return None
+
+
+def _switch_user(spec: dict[str, Any]) -> str | None:
+    if spec.get("uid") is None:
+        return None
+    name = spec["user"]
+    needed = [p for p in (os.path.dirname(os.__file__), *sys.path) if p and os.path.isdir(p)]
+    try:
+        os.setgroups([])
+        os.setgid(int(spec["gid"]))
+        os.setuid(int(spec["uid"]))
+    except OSError as exc:
+        return f"cannot switch to task-user {name}: {exc.strerror}; unset task-user"
+    _die_with_parent()  # a change of credentials clears the parent-death signal
+    for path in needed:
+        if not os.access(path, os.R_OK | os.X_OK):
+            return (
+                f"task-user {name} cannot read {path}; make Python, its packages and the task "
+                "modules readable by that user, or unset task-user"
+            )
+    return None
+
+
+def enter_sandbox(spec: dict[str, Any]) -> str | None:
+    """Apply the worker's isolation to this process before any task code is imported.
+
+    Order matters: join the cgroup, set limits and leave the network while still privileged,
+    then switch user. Returns a one-line problem, or None.
+    """
+    for step in (_join_cgroup, _set_limits, _leave_network, _switch_user):
+        problem = step(spec)
+        if problem is not None:
+            return problem
+    return None
+
+
+def arm_cpu_limit(seconds: int) -> None:
+    """Allow the next task ``seconds`` of CPU time from now: SIGXCPU then SIGKILL end it.
+
+    RLIMIT_CPU counts the process's whole life, so the limit moves with each task. Only a
+    privileged child can raise its hard limit again later; others keep the hard limit and
+    rely on SIGXCPU's default action.
+    """
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    soft = math.ceil(usage.ru_utime + usage.ru_stime) + seconds
+    _, hard = resource.getrlimit(resource.RLIMIT_CPU)
+    if os.geteuid() == 0:
+        hard = soft + _CPU_GRACE_S
+    elif hard != resource.RLIM_INFINITY:
+        soft = min(soft, hard)
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_CPU, (soft, hard))
+
+
 def error_info(exc: BaseException) -> dict[str, Any]:
+    message = str(exc)
+    if isinstance(exc, MemoryError) and not message:
+        message = "the task ran out of memory; raise the worker's task-memory-mb or use less"
     return {
         "type": type(exc).__name__,
-        "message": str(exc),
+        "message": message,
         "traceback": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
     }
 
@@ -91,9 +191,12 @@ class ChildRunner:
     ``asyncio.run``); async tasks go to an event loop on a second thread, started on first use.
     """
 
-    def __init__(self, conn: Connection, catalog: dict[str, Task[Any]]) -> None:
+    def __init__(
+        self, conn: Connection, catalog: dict[str, Task[Any]], cpu_seconds: int = 0
+    ) -> None:
         self.conn = conn
         self.catalog = catalog
+        self.cpu_seconds = cpu_seconds
         self._send_lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._running: dict[str, concurrent.futures.Future[None]] = {}
@@ -109,6 +212,8 @@ class ChildRunner:
             except (EOFError, OSError):
                 return
             if header["type"] == "run":
+                if self.cpu_seconds and not self._running:
+                    arm_cpu_limit(self.cpu_seconds)
                 task = self.catalog[header["task"]]
                 if task.is_async:
                     coro = self.run_async(task, header, body)
@@ -157,25 +262,43 @@ class ChildRunner:
                 del self._running[header["id"]]
 
 
-def child_main(conn: Connection, modules: list[str]) -> None:
-    """Serve tasks on ``conn``: own process group, dies with its worker."""
+def _load(modules: list[str], spec: dict[str, Any]) -> dict[str, Task[Any]] | str:
+    """The catalog, isolated per ``spec``; or a one-line reason this child cannot serve."""
+    problem = enter_sandbox(spec)
+    if problem is not None:
+        return problem
+    try:
+        return load_catalog(modules)
+    except SJEError as exc:
+        return exc.message
+    except MemoryError:
+        return (
+            f"importing {', '.join(modules)} ran out of memory under task-memory-mb "
+            f"{spec.get('memory_mb')}; raise task-memory-mb"
+        )
+
+
+def child_main(conn: Connection, modules: list[str], spec: dict[str, Any] | None = None) -> None:
+    """Serve tasks on ``conn``: own process group, dies with its worker, isolated per ``spec``."""
+    spec = spec or {}
     _die_with_parent()
     os.setpgid(0, 0)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    try:
-        catalog = load_catalog(modules)
-    except SJEError as exc:
-        conn.send_bytes(frame({"type": "error", "message": exc.message}))
+    catalog = _load(modules, spec)
+    if isinstance(catalog, str):
+        with contextlib.suppress(OSError):  # the worker may have given up on us already
+            conn.send_bytes(frame({"type": "error", "message": catalog}))
         return
     conn.send_bytes(frame({"type": "ready", "pid": os.getpid()}))
-    ChildRunner(conn, catalog).serve()
+    ChildRunner(conn, catalog, int(spec.get("cpu_seconds") or 0)).serve()
 
 
 def main(argv: list[str]) -> None:
-    """``python -m sje.worker.child FD SYS_PATH_JSON MODULE...``, started by the worker's pool."""
+    """``python -m sje.worker.child FD SYS_PATH_JSON SANDBOX_JSON MODULE...``, started by the
+    worker's pool; SANDBOX_JSON is ``Isolation.child_spec``."""
     sys.path[:] = orjson.loads(argv[2])
-    child_main(Connection(int(argv[1])), argv[3:])
+    child_main(Connection(int(argv[1])), argv[4:], orjson.loads(argv[3]))
 
 
 if __name__ == "__main__":

@@ -4,6 +4,13 @@ A child is *idle* (can take any task), *sync* (runs one plain task) or *async* (
 ``async_capacity`` coroutine tasks on its event loop). Free slots = idle children + room in
 async children that are not draining; the worker never fetches more tasks than that.
 A sync task fetched while no child is idle waits for the first async child to drain.
+
+Every child runs under the worker's ``Isolation`` (see ``sje.worker.sandbox``). Killing a
+child kills everything it started, including processes that left its process group with
+setsid(): the pool snapshots the child's descendants (and its pids cgroup) before the kill, and
+as the worker is a child subreaper, orphans are re-parented to it; the pool kills and reaps any
+such process every ``_SWEEP_S``. The worker process is dedicated to the pool: any child of it
+that is not one of the pool's children is an orphan of some task.
 """
 
 from __future__ import annotations
@@ -20,18 +27,24 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any
 
 import orjson
+import psutil
 
 from sje.errors import WorkerError
 from sje.models import TaskMessage
+from sje.worker.cgroups import ChildCgroup
 from sje.worker.child import frame, unframe
+from sje.worker.sandbox import Isolation, TaskLimits, prepare
 
 log = logging.getLogger(__name__)
 
 _START_TIMEOUT_S = 120.0
 _ASYNC_KILL_GRACE_S = 5.0
+_SWEEP_S = 0.1
+_WATCHDOG_EVERY = 5  # sweeps between two counts of each busy child's processes
 
 #: called with (child, header, body) for every frame a child sends, and with
 #: (child, None, b"") once when a child's pipe closes (it exited or was killed)
@@ -55,6 +68,8 @@ class Child:
     draining: bool = False
     dispatched: int = 0
     is_closed: bool = False
+    cgroup: ChildCgroup | None = None
+    has_leftovers: bool = False  # its tasks left processes behind: replace it
 
     @property
     def pid(self) -> int:
@@ -65,11 +80,68 @@ class Child:
             self.conn.send_bytes(frame(header, body))
 
     def kill(self) -> None:
-        """SIGKILL the child's whole process group (the task and anything it started)."""
+        """SIGKILL the child and every process it started, in its process group or not."""
+        tree = _descendants(self.pid)
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.pid, signal.SIGKILL)
         with contextlib.suppress(ProcessLookupError):
             os.kill(self.pid, signal.SIGKILL)
+        for proc in tree:
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+        if self.cgroup is not None:
+            self.cgroup.kill()
+
+
+def _descendants(pid: int) -> list[psutil.Process]:
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        return []
+
+
+def _direct_children() -> list[int]:
+    """Pids whose parent is this process (any of its threads), read cheaply from /proc."""
+    pids: list[int] = []
+    try:
+        for tid in os.listdir("/proc/self/task"):
+            pids.extend(int(p) for p in Path(f"/proc/self/task/{tid}/children").read_text().split())
+    except OSError:
+        return [p.pid for p in psutil.Process().children()]
+    return pids
+
+
+def _has_children(pid: int) -> bool:
+    """Whether ``pid`` has child processes (zombies too); False where /proc cannot tell."""
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+        return any(Path(f"/proc/{pid}/task/{t}/children").read_text().strip() for t in tasks)
+    except OSError:
+        return False
+
+
+def _kill_and_reap(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+def _children_map() -> dict[int, list[int]]:
+    """Every process's children, from one pass over the process table."""
+    kids: dict[int, list[int]] = {}
+    for proc in psutil.process_iter(["ppid"]):
+        kids.setdefault(int(proc.info["ppid"] or 0), []).append(proc.pid)
+    return kids
+
+
+def _count_tree(pid: int, kids: dict[int, list[int]]) -> int:
+    """Processes in the tree rooted at ``pid``."""
+    count, stack = 0, [pid]
+    while stack:
+        count += 1
+        stack.extend(kids.get(stack.pop(), ()))
+    return count
 
 
 class Pool:
@@ -82,26 +154,53 @@ class Pool:
         async_capacity: int,
         max_tasks_per_child: int,
         on_frame: FrameHandler,
+        limits: TaskLimits | None = None,
     ) -> None:
         self.modules = modules
         self.size = size
         self.async_capacity = async_capacity
         self.max_tasks_per_child = max_tasks_per_child
         self.on_frame = on_frame
+        self.limits = limits or TaskLimits()
+        self.isolation: Isolation | None = None  # decided by start()
         self.children: list[Child] = []
+        self._own: dict[int, Child | None] = {}  # unreaped children (None: still starting)
+        self._stale_cgroups: list[ChildCgroup] = []
+        self._spawned = 0
+        self._sweeper: asyncio.Task[None] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
-        self.children = list(await asyncio.gather(*(self._spawn() for _ in range(self.size))))
+        """Decide the isolation (``WorkerError`` when a request cannot be met), start children."""
+        self.isolation = await asyncio.to_thread(prepare, self.limits, self.size)
+        self._sweeper = asyncio.create_task(self._supervise())
+        started = await asyncio.gather(
+            *(self._spawn() for _ in range(self.size)), return_exceptions=True
+        )
+        self.children = [c for c in started if isinstance(c, Child)]
+        failed = [e for e in started if isinstance(e, BaseException)]
+        if failed:
+            await self.stop()
+            raise failed[0]
 
     async def _spawn(self) -> Child:
         # a plain interpreter over a socketpair: no inherited loop or sockets, and none of
         # multiprocessing's helper processes (its resource tracker costs ~12 MB per worker)
+        isolation = self.isolation
+        if isolation is None:
+            raise RuntimeError("Pool.start() decides the isolation before any child starts")
+        cgroup = self._new_cgroup(isolation)
         parent_sock, child_sock = socket.socketpair()
         fd = child_sock.fileno()
+        spec = orjson.dumps(isolation.child_spec(cgroup)).decode()
         argv = [sys.executable, "-m", "sje.worker.child", str(fd), orjson.dumps(sys.path).decode()]
-        process = subprocess.Popen([*argv, *self.modules], pass_fds=[fd])
+        process = subprocess.Popen(
+            [*argv, spec, *self.modules],
+            pass_fds=[fd],
+            env=isolation.child_env(os.environ),
+        )
+        self._own[process.pid] = None
         child_sock.close()
         parent_end = Connection(parent_sock.detach())
         loop = asyncio.get_running_loop()
@@ -122,12 +221,32 @@ class Pool:
         except asyncio.TimeoutError:
             header = {"type": "error", "message": f"not ready after {_START_TIMEOUT_S:.0f}s"}
         if header["type"] != "ready":
-            process.kill()
+            loop.remove_reader(parent_end.fileno())
+            Child(process, parent_end, cgroup=cgroup).kill()
             process.wait()
+            self._own.pop(process.pid, None)
+            self._forget_cgroup(cgroup)
+            parent_end.close()
             raise WorkerError(f"A child process failed to start: {header['message']}")
-        child = Child(process, parent_end)
+        child = Child(process, parent_end, cgroup=cgroup)
+        self._own[process.pid] = child
         loop.add_reader(parent_end.fileno(), self._readable, child)
         return child
+
+    def _new_cgroup(self, isolation: Isolation) -> ChildCgroup | None:
+        if isolation.cgroups is None:
+            return None
+        self._spawned += 1
+        name = f"{os.getpid()}-{self._spawned}"
+        try:
+            return isolation.cgroups.create(name, isolation.limits.max_processes)
+        except OSError as exc:
+            log.warning("child %s starts without its pids cgroup: %s", name, exc)
+            return None
+
+    def _forget_cgroup(self, cgroup: ChildCgroup | None) -> None:
+        if cgroup is not None and not cgroup.remove():
+            self._stale_cgroups.append(cgroup)
 
     def _readable(self, child: Child) -> None:
         try:
@@ -144,6 +263,9 @@ class Pool:
         asyncio.get_running_loop().remove_reader(child.conn.fileno())
         with contextlib.suppress(subprocess.TimeoutExpired):
             child.process.wait(timeout=1)
+        if child.process.returncode is not None:
+            self._own.pop(child.pid, None)
+        self._forget_cgroup(child.cgroup)
         child.conn.close()
         self.on_frame(child, None, b"")
 
@@ -151,15 +273,76 @@ class Pool:
         """Kill ``child`` (if alive) and start a fresh one in its place."""
         child.kill()
         self._closed(child)
+        self.reap_orphans()
         if child in self.children:
             self.children.remove(child)
             self.children.append(await self._spawn())
 
     async def stop(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            await asyncio.gather(self._sweeper, return_exceptions=True)
         for child in self.children:
             child.kill()
             self._closed(child)
         self.children = []
+        self.reap_orphans()
+
+    # -- supervision -----------------------------------------------------------------------
+
+    async def _supervise(self) -> None:
+        sweeps, failing = 0, False
+        while True:
+            await asyncio.sleep(_SWEEP_S)
+            sweeps += 1
+            try:
+                self.reap_orphans()
+                if sweeps % _WATCHDOG_EVERY == 0:
+                    self._enforce_process_limit()
+                failing = False
+            except Exception:
+                if not failing:  # once per outage, not every sweep
+                    log.exception("sweeping the children's processes failed; retrying")
+                failing = True
+
+    def reap_orphans(self) -> None:
+        """Kill and reap processes re-parented to the worker that are not the pool's children.
+
+        Only those pids are waited for: ``waitpid(-1)`` would steal the exit status of the
+        pool's own children from their ``Popen``.
+        """
+        if self.isolation is not None and self.isolation.subreaper:
+            for pid in _direct_children():
+                if pid not in self._own:
+                    _kill_and_reap(pid)
+        for pid, child in list(self._own.items()):
+            if child is not None and child.is_closed and child.process.poll() is not None:
+                del self._own[pid]
+        stale, self._stale_cgroups = self._stale_cgroups, []
+        for cgroup in stale:
+            cgroup.kill()
+            self._forget_cgroup(cgroup)
+
+    def _enforce_process_limit(self) -> None:
+        """Without a kernel limit: kill a busy child whose tree passed ``max_processes``."""
+        isolation = self.isolation
+        if isolation is None or isolation.process_guard != "watchdog":
+            return
+        busy = [c for c in self.children if c.tasks and not c.is_closed]
+        if not busy:
+            return
+        kids = _children_map()
+        limit = isolation.limits.max_processes
+        for child in busy:
+            count = _count_tree(child.pid, kids)
+            if count > limit:
+                log.warning(
+                    "killing child %d and its %d processes: more than task-max-processes %d",
+                    child.pid,
+                    count,
+                    limit,
+                )
+                child.kill()
 
     # -- slots and dispatch ----------------------------------------------------------------
 
@@ -215,7 +398,11 @@ class Pool:
             min(candidates, key=lambda c: len(c.tasks)).draining = True
 
     def finish(self, child: Child, task_id: str) -> Running | None:
-        """Forget a finished task; a drained child becomes idle again (or retires)."""
+        """Forget a finished task; a drained child becomes idle again (or retires).
+
+        A child left idle with processes of its own (a task's leftovers, running or zombie)
+        retires: replacing it kills them all and takes their pids out of the next task's count.
+        """
         running = child.tasks.pop(task_id, None)
         if (
             not child.tasks
@@ -223,14 +410,13 @@ class Pool:
             and not (self.max_tasks_per_child and child.dispatched >= self.max_tasks_per_child)
         ):
             child.draining = False
+        if not child.tasks and not child.is_closed and _has_children(child.pid):
+            child.has_leftovers = child.draining = True
         return running
 
     def needs_retirement(self, child: Child) -> bool:
-        return bool(
-            self.max_tasks_per_child
-            and child.dispatched >= self.max_tasks_per_child
-            and not child.tasks
-        )
+        is_spent = self.max_tasks_per_child and child.dispatched >= self.max_tasks_per_child
+        return bool((is_spent or child.has_leftovers) and not child.tasks)
 
     def find(self, task_id: str) -> tuple[Child, Running] | None:
         for child in self.children:

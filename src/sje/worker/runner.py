@@ -28,6 +28,7 @@ from sje.security import resolve
 from sje.tasks import Task, load_catalog
 from sje.worker.intake import DEAD_LETTER_TYPES, Intake
 from sje.worker.pool import Child, Pool
+from sje.worker.sandbox import TaskLimits, death_hint
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -54,6 +55,7 @@ class Worker:
             settings.async_concurrency,
             settings.max_tasks_per_child,
             self._on_frame,
+            TaskLimits.from_settings(settings),
         )
         self._waiting: collections.deque[tuple[TaskMessage, bool, bytes]] = collections.deque()
         self._storing: set[str] = set()
@@ -233,11 +235,11 @@ class Worker:
     def _child_died(self, child: Child) -> None:
         code = child.process.returncode
         how = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+        hint = death_hint(code)
         for running in list(child.tasks.values()):
             error = {
                 "type": "ChildCrashed",
-                "message": f"the child process running this task died ({how}); "
-                "it may have run out of memory or crashed in native code",
+                "message": f"the child process running this task died ({how}); {hint}",
             }
             self._background_run(self._report(running.message, None, error))
         child.tasks.clear()
