@@ -14,6 +14,8 @@ if idem ~= '' then
     return {'conflict', old_jid}
   end
 end
+-- a retried call whose first run landed (its reply was lost with the connection): same answer
+if redis.call('EXISTS', jkey(jid)) == 1 then return {'ok', jid} end
 local depth = redis.call('ZCARD', qkey(queue))
 if depth + n > maxlen then return {'full', tostring(depth)} end
 local now = now_ms()
