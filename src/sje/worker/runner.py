@@ -198,11 +198,16 @@ class Worker:
             self._waiting.append((message, is_async, body))
 
     async def _start_reduce(self, message: TaskMessage, task: Task[Any]) -> None:
-        job = await self.broker.job(message.job_id)
-        if job is None:
-            return
-        n, size, inputs = int(job["n"]), int(job["chunk_size"]), int(job["inputs"])
-        values = await self.broker.results(message.job_id, 0, n)
+        # held like an outcome being stored: renewed by heartbeats, retried through outages
+        self._storing.add(message.id)
+        try:
+            job = await self._store(lambda: self.broker.job(message.job_id))
+            if job is None:
+                return
+            n, size, inputs = int(job["n"]), int(job["chunk_size"]), int(job["inputs"])
+            values = await self._store(lambda: self.broker.results(message.job_id, 0, n))
+        finally:
+            self._storing.discard(message.id)
         body = b"[" + b",".join(flatten(values, size, 0, 0, inputs if size else n)) + b"]"
         self._dispatch(message, task.is_async, body)
 
