@@ -21,6 +21,8 @@ import sje
 
 ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
+#: how long a task waits for a gate file the test opens (or never does: then it is killed)
+GATE_TIMEOUT_S = 600.0
 
 
 def wait_until(

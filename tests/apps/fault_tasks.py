@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import sje
+from tests.support import GATE_TIMEOUT_S, wait_until
 
 
 def _begin(item: dict[str, Any]) -> tuple[Path, bool]:
@@ -41,16 +42,13 @@ def _end(marker: Path) -> None:
 
 @sje.task
 def mark(item: dict[str, Any]) -> int:
-    """Between its start and end markers: waits for the file ``gate`` to exist (when given, for
-    at most ten minutes), then sleeps ``sleep`` seconds (``first_sleep`` on the index's first
-    run, when given). Returns the index."""
+    """Between its start and end markers: waits for the file ``gate`` to exist, and on the
+    index's first run also for ``first_gate`` (each when given, for at most ten minutes; a gate
+    the test never opens holds the run until it is killed). Returns the index."""
     marker, first = _begin(item)
-    if "gate" in item:
-        deadline = time.monotonic() + 600
-        while not Path(item["gate"]).exists() and time.monotonic() < deadline:
-            time.sleep(0.02)
-    pause = item["first_sleep"] if first and "first_sleep" in item else item.get("sleep", 0)
-    time.sleep(pause)
+    for key in ("gate", "first_gate") if first else ("gate",):
+        if key in item:
+            wait_until(Path(item[key]).exists, GATE_TIMEOUT_S, f"the gate {item[key]}")
     _end(marker)
     return int(item["index"])
 

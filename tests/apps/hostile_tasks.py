@@ -12,13 +12,20 @@ import os
 import resource
 import signal
 import socket
+import threading
 import time
 from pathlib import Path
 from typing import Any, NoReturn
 
 import sje
+from tests.support import wait_until
 
 _GUARD_S = 120.0  # no hostile process outlives this, contained or not
+
+
+def _hang() -> None:
+    """Block until killed (at most ``_GUARD_S``): waits on an event nothing sets."""
+    threading.Event().wait(_GUARD_S)
 
 
 def _mark(item: dict[str, Any], name: str, data: dict[str, Any]) -> None:
@@ -41,13 +48,14 @@ def _forked(item: dict[str, Any], name: str | None = None) -> NoReturn:
     try:
         os.setsid()
         _mark(item, name or f"fork-{os.getpid()}", {"pid": os.getpid(), "sid": os.getsid(0)})
-        time.sleep(_GUARD_S)
+        _hang()
     finally:
         os._exit(0)
 
 
 @sje.task
 def sleep_forever(item: dict[str, Any]) -> None:
+    """A task stuck in ``time.sleep``: the call itself is the hang under test."""
     _started(item)
     time.sleep(_GUARD_S)
 
@@ -66,7 +74,7 @@ def spin(item: dict[str, Any]) -> None:
 def ignore_sigterm(item: dict[str, Any]) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _started(item)
-    time.sleep(_GUARD_S)
+    _hang()
 
 
 @sje.task
@@ -75,7 +83,7 @@ def setsid_grandchild(item: dict[str, Any]) -> None:
     _started(item)
     if os.fork() == 0:
         _forked(item, f"grandchild-{item['kind']}")
-    time.sleep(_GUARD_S)
+    _hang()
 
 
 @sje.task
@@ -87,10 +95,7 @@ def daemonize(item: dict[str, Any]) -> str:
         try:
             if os.fork() == 0:
                 _forked(item, "daemon")
-            marker = Path(item["dir"]) / "daemon"
-            end = time.monotonic() + 10
-            while not marker.exists() and time.monotonic() < end:
-                time.sleep(0.01)
+            wait_until((Path(item["dir"]) / "daemon").exists, 10, "the daemon's marker")
         finally:
             os._exit(0)
     os.waitpid(pid, 0)

@@ -6,11 +6,11 @@ import asyncio
 import os
 import signal
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
 import sje
+from tests.support import GATE_TIMEOUT_S, wait_until
 
 
 @sje.task
@@ -44,21 +44,30 @@ def flaky(item: dict[str, Any]) -> str:
     return f"ok after {calls}"
 
 
+def _released(item: dict[str, Any]) -> None:
+    """Wait for the test to create the file ``item["release"]``, when given."""
+    if "release" in item:
+        release = Path(item["release"])
+        wait_until(release.exists, GATE_TIMEOUT_S, f"the test to create {release}")
+
+
 @sje.task
 def record(item: dict[str, Any]) -> int:
-    """Appends to a log file (one line per run) after sleeping, then returns the item's value."""
-    time.sleep(item.get("sleep", 0))
+    """Once released (see ``_released``), appends a line to a log file (one per run), then
+    returns the item's value."""
+    _released(item)
     with open(item["log"], "a") as f:
         f.write(f"{item['value']} {os.getpid()}\n")
     return int(item["value"])
 
 
 @sje.task
-def started_then_sleep(item: dict[str, Any]) -> int:
-    """Touches ``item['started']`` then sleeps; lets tests act while a task runs."""
+def started_then_wait(item: dict[str, Any]) -> int:
+    """Touches ``item['started']/<value>``, then waits to be released (see ``_released``):
+    lets tests act while a task runs, and decide when it ends."""
     Path(item["started"]).mkdir(parents=True, exist_ok=True)
     (Path(item["started"]) / str(item["value"])).write_text(str(os.getpid()))
-    time.sleep(item["sleep"])
+    _released(item)
     return int(item["value"])
 
 
@@ -97,7 +106,6 @@ async def rendezvous(n: int) -> dict[str, int]:
 
 @sje.task
 async def async_square(x: int) -> int:
-    await asyncio.sleep(0)
     return x * x
 
 

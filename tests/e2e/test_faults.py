@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,10 +14,17 @@ import redis
 import sje
 from tests.support import Proc, events_of, start_master, wait_until
 
+WAIT = "tests.apps.sample_tasks.started_then_wait"
 
-def _sleepers(tmp_path: Path, n: int, sleep: float) -> list[dict[str, object]]:
-    started = tmp_path / "started"
-    return [{"value": i, "sleep": sleep, "started": str(started)} for i in range(n)]
+
+def _waiters(tmp_path: Path, n: int) -> list[dict[str, object]]:
+    """Inputs for ``started_then_wait``: each task runs until the test calls ``_release``."""
+    started, release = tmp_path / "started", tmp_path / "release"
+    return [{"value": i, "started": str(started), "release": str(release)} for i in range(n)]
+
+
+def _release(tmp_path: Path) -> None:
+    (tmp_path / "release").touch()
 
 
 def _started(tmp_path: Path) -> int:
@@ -31,8 +39,8 @@ def test_sigkilled_worker_tasks_are_redelivered_after_the_lease_and_job_complete
     children = wait_until(lambda: psutil.Process(victim.pid).children(), 10, "worker children")
     handle = sje.Client(master).submit(
         {
-            "task": "tests.apps.sample_tasks.started_then_sleep",
-            "inputs": _sleepers(tmp_path, 6, 0.5),
+            "task": WAIT,
+            "inputs": _waiters(tmp_path, 6),
         }
     )
     wait_until(lambda: _started(tmp_path) >= 1, 30, "a task to start on the victim")
@@ -44,6 +52,7 @@ def test_sigkilled_worker_tasks_are_redelivered_after_the_lease_and_job_complete
         10,
         "the victim's children to die",
     )
+    _release(tmp_path)
     worker("--concurrency", "2", "--name", "rescuer")
     assert handle.result(timeout=60) == list(range(6))
     kinds = [e["type"] for e in events_of(r, prefix, handle.id)]
@@ -56,12 +65,14 @@ def test_sigterm_hands_back_unstarted_work_at_once_and_finishes_in_flight(
     first = worker("--concurrency", "1", "--name", "first")
     handle = sje.Client(master).submit(
         {
-            "task": "tests.apps.sample_tasks.started_then_sleep",
-            "inputs": _sleepers(tmp_path, 4, 1.0),
+            "task": WAIT,
+            "inputs": _waiters(tmp_path, 4),
         }
     )
     wait_until(lambda: _started(tmp_path) >= 1, 30, "the first task to start")
     first.signal(signal.SIGTERM)
+    wait_until(lambda: first.find("stopping: waiting tasks handed back"), 30, "the stop to begin")
+    _release(tmp_path)  # the running task ends within the grace period
     assert first.wait(30) == 0
     second = worker("--concurrency", "2", "--name", "second")
     assert handle.result(timeout=60) == list(range(4))
@@ -84,9 +95,7 @@ def test_sigterm_after_grace_hands_back_running_tasks_immediately(
 ) -> None:
     env["SJE_SHUTDOWN_GRACE"] = "0"
     first = worker("--concurrency", "2", "--name", "first")
-    handle = sje.Client(master).submit(
-        {"task": "tests.apps.sample_tasks.started_then_sleep", "inputs": _sleepers(tmp_path, 2, 30)}
-    )
+    handle = sje.Client(master).submit({"task": WAIT, "inputs": _waiters(tmp_path, 2)})
     wait_until(lambda: _started(tmp_path) >= 2, 30, "both tasks to start")
     first.signal(signal.SIGTERM)
     assert first.wait(30) == 0
@@ -100,11 +109,10 @@ def test_busy_worker_does_not_hoard_tasks_an_idle_worker_can_run(
     master: str, worker: Callable[..., Proc], tmp_path: Path
 ) -> None:
     worker("--concurrency", "1", "--name", "busy")
-    items = _sleepers(tmp_path, 4, 0)
-    items[0]["sleep"] = 3600
-    handle = sje.Client(master).submit(
-        {"task": "tests.apps.sample_tasks.started_then_sleep", "inputs": items}
-    )
+    items = _waiters(tmp_path, 4)
+    for item in items[1:]:
+        del item["release"]  # only the first task waits (and is never released)
+    handle = sje.Client(master).submit({"task": WAIT, "inputs": items})
     wait_until(lambda: _started(tmp_path) >= 1, 30, "the long task to start")
     worker("--concurrency", "1", "--name", "idle")
     # only a worker that fetched no more than its free slot leaves the short tasks to the other
@@ -122,13 +130,14 @@ def test_master_killed_and_restarted_mid_job_still_completes(
     worker("--concurrency", "2")
     handle = sje.Client(url).submit(
         {
-            "task": "tests.apps.sample_tasks.started_then_sleep",
-            "inputs": _sleepers(tmp_path, 8, 0.3),
+            "task": WAIT,
+            "inputs": _waiters(tmp_path, 8),
         }
     )
     wait_until(lambda: _started(tmp_path) >= 1, 30, "the job to start")
     old.signal(signal.SIGKILL)
     old.wait(10)
+    _release(tmp_path)
     new, new_url = start_master(env)
     procs.append(new)
     assert sje.Client(new_url).job(handle.id).result(timeout=60) == list(range(8))
@@ -156,13 +165,19 @@ def test_long_task_keeps_its_lease_and_runs_exactly_once(
     env["SJE_LEASE_TIMEOUT"] = "1"
     env["SJE_HEARTBEAT_INTERVAL"] = "0.2"
     worker("--concurrency", "1")
-    log = tmp_path / "runs.log"
+    log, release = tmp_path / "runs.log", tmp_path / "release"
     handle = sje.Client(master).submit(
         {
             "task": "tests.apps.sample_tasks.record",
-            "inputs": [{"value": 1, "sleep": 3.5, "log": str(log)}],
+            "inputs": [{"value": 1, "log": str(log), "release": str(release)}],
         }
     )
+    wait_until(lambda: handle.status()["tasks"]["running"] == 1, 30, "the task to start")
+    running_since = time.monotonic()
+    # let it run past three and a half lease timeouts, renewed by heartbeats all along
+    wait_until(lambda: time.monotonic() - running_since >= 3.5, 10, "3.5 lease timeouts")
+    assert handle.status()["tasks"]["running"] == 1
+    release.touch()
     assert handle.result(timeout=60) == [1]
     assert len(log.read_text().splitlines()) == 1
     assert "task.redelivered" not in [e["type"] for e in events_of(r, prefix, handle.id)]
@@ -250,8 +265,8 @@ def test_cancel_drops_queued_tasks_and_stops_running_ones(
     client = sje.Client(master)
     handle = client.submit(
         {
-            "task": "tests.apps.sample_tasks.started_then_sleep",
-            "inputs": _sleepers(tmp_path, 5, 3600),
+            "task": WAIT,
+            "inputs": _waiters(tmp_path, 5),
         }
     )
     wait_until(lambda: _started(tmp_path) == 1, 30, "the first task to start")

@@ -70,18 +70,18 @@ def test_sigkilled_worker_reruns_only_its_in_flight_tasks_and_never_concurrently
     victim = worker(*FAULT_TASKS, "--concurrency", "2", "--name", "victim")
     survivor = worker(*FAULT_TASKS, "--concurrency", "2", "--name", "survivor")
     victim_children = child_pids(victim, 2)
-    runs_dir = tmp_path / "runs"
-    handle = api_client(env).submit({"task": MARK, "inputs": inputs(runs_dir, 40, sleep=0.3)})
+    runs_dir, gate = tmp_path / "runs", tmp_path / "gate"
+    items = inputs(runs_dir, 40, gate=str(gate))
+    handle = api_client(env).submit({"task": MARK, "inputs": items})
 
     def victim_mid_task() -> bool:
-        runs = read_runs(runs_dir)
-        return len(runs) >= 8 and any(
-            run.pid in victim_children and not run.finished for run in runs
-        )
+        running = [run for run in read_runs(runs_dir) if not run.finished]
+        return len(running) == 4 and sum(run.pid in victim_children for run in running) == 2
 
-    wait_until(victim_mid_task, 60, "the victim to be running a task, 8 runs in", every=0.01)
+    wait_until(victim_mid_task, 60, "both workers to be running two tasks each")
     victim.signal(signal.SIGKILL)
     victim.wait(10)
+    gate.touch()  # the survivor's tasks, and everything after them, may now finish
     # what the broker holds leased to the dead worker: exactly what may run again
     owners: Any = r.hgetall(f"{prefix}:owner")
     in_flight = {
@@ -118,8 +118,8 @@ def test_sigkilled_child_fails_only_that_attempt_and_the_worker_replaces_it(
     w = worker(*FAULT_TASKS, "--concurrency", "2")
     original_children = child_pids(w, 2)
     runs_dir = tmp_path / "runs"
-    items = inputs(runs_dir, 6, sleep=0.2)
-    items[0]["first_sleep"] = 120  # task 0 runs until killed, the first time
+    items = inputs(runs_dir, 6)
+    items[0]["first_gate"] = str(tmp_path / "never")  # task 0 runs until killed, the first time
     client = api_client(env)
     handle = client.submit({"task": MARK, "inputs": items, "retries": 1, "backoff": 0.05})
     (first,) = wait_until(lambda: runs_by_index(read_runs(runs_dir)).get(0, []), 30, "task 0")
@@ -189,16 +189,18 @@ def test_sigterm_lets_in_flight_tasks_finish_and_the_rest_runs_once_on_another_w
 ) -> None:
     first = worker(*FAULT_TASKS, "--concurrency", "2", "--name", "first")
     first_children = child_pids(first, 2)
-    runs_dir = tmp_path / "runs"
-    handle = api_client(env).submit({"task": MARK, "inputs": inputs(runs_dir, 10, sleep=1.0)})
+    runs_dir, gate = tmp_path / "runs", tmp_path / "gate"
+    items = inputs(runs_dir, 10, gate=str(gate))
+    handle = api_client(env).submit({"task": MARK, "inputs": items})
     wait_until(
         lambda: len([run for run in read_runs(runs_dir) if not run.finished]) == 2,
         30,
         "two tasks running on the first worker",
-        every=0.01,
     )
     signalled_ns = time.monotonic_ns()
     first.signal(signal.SIGTERM)
+    wait_until(lambda: first.find("stopping: waiting tasks handed back"), 30, "the stop to begin")
+    gate.touch()  # the two running tasks end within the grace period
     assert first.wait(30) == 0
     first_gone_ns = time.monotonic_ns()
     second = worker(*FAULT_TASKS, "--concurrency", "2", "--name", "second")
@@ -233,7 +235,7 @@ def test_sigterm_past_the_grace_hands_running_tasks_back_at_once(
     runs_dir = tmp_path / "runs"
     # tasks block until the gate opens: far past the grace (and the lease) on the first worker
     gate = tmp_path / "gate"
-    items = inputs(runs_dir, 6, sleep=0.2, gate=str(gate))
+    items = inputs(runs_dir, 6, gate=str(gate))
     handle = api_client(env).submit({"task": MARK, "inputs": items})
     wait_until(lambda: len(read_runs(runs_dir)) == 2, 30, "two tasks running on the first worker")
     signalled = time.monotonic()

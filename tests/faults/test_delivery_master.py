@@ -40,14 +40,19 @@ def test_master_sigkilled_mid_job_a_new_master_sees_it_finish_and_workers_never_
     procs.append(old)
     env["SJE_MASTER"] = url
     workers = [worker(*FAULT_TASKS, "--concurrency", "2") for _ in range(2)]
-    runs_dir = tmp_path / "runs"
-    items = [{"index": i, "dir": str(runs_dir), "sleep": 0.3} for i in range(20)]
+    runs_dir, gate = tmp_path / "runs", tmp_path / "gate"
+    items = [{"index": i, "dir": str(runs_dir), "gate": str(gate)} for i in range(20)]
     handle = api_client(env).submit({"task": MARK, "inputs": items})
-    wait_until(lambda: len(read_runs(runs_dir)) >= 4, 30, "the job to be under way")
+    wait_until(lambda: len(read_runs(runs_dir)) == 4, 30, "the job to be under way")
     old.signal(signal.SIGKILL)
     old.wait(10)
-    # the workers need no master: the job goes on while none is up
-    wait_until(lambda: len(read_runs(runs_dir)) >= 12, 30, "the job to go on without a master")
+    gate.touch()
+    # the workers need no master: the whole job runs while none is up
+    wait_until(
+        lambda: sum(run.finished for run in read_runs(runs_dir)) == 20,
+        30,
+        "the job to go on without a master",
+    )
     new, new_url = start_master(env)
     procs.append(new)
 

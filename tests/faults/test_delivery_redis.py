@@ -128,8 +128,9 @@ def test_redis_kill9_and_restart_loses_no_acknowledged_job_and_everyone_reconnec
     all. Jobs refused during the outage must have been refused with the Redis error."""
     workers = [worker(*FAULT_TASKS, "--concurrency", "2") for _ in range(2)]
     client = api_client(env)
-    big_dir = tmp_path / "big"
-    big = client.submit({"task": MARK, "inputs": inputs(big_dir, 30, sleep=0.3)})
+    big_dir, big_gate = tmp_path / "big", tmp_path / "big-gate"
+    # the big job's first tasks hold every slot across the outage; the gate opens after it
+    big = client.submit({"task": MARK, "inputs": inputs(big_dir, 30, gate=str(big_gate))})
     submitter = Submitter(env, tmp_path / "small")
     thread = threading.Thread(target=submitter.run)
     waiter = Call("wait", lambda: api_client(env).job(big.id).wait(timeout=120))
@@ -137,7 +138,7 @@ def test_redis_kill9_and_restart_loses_no_acknowledged_job_and_everyone_reconnec
     thread.start()
     try:
         wait_until(
-            lambda: len(submitter.acks) >= 30 and len(read_runs(big_dir)) >= 6,
+            lambda: len(submitter.acks) >= 30 and len(read_runs(big_dir)) == 4,
             60,
             "submissions to be acknowledged while the big job runs",
         )
@@ -152,6 +153,7 @@ def test_redis_kill9_and_restart_loses_no_acknowledged_job_and_everyone_reconnec
         )
         redis_server.start()  # same port and directory: the AOF reloads
         restarted = time.monotonic()
+        big_gate.touch()
         # everyone reconnects by itself: acknowledgements resume and workers heartbeat again
         after_restart = redis_ms(r)
         wait_until(lambda: submitter.acked_after(restarted) >= 20, 20, "acks after the restart")
@@ -213,14 +215,16 @@ def test_redis_sigstopped_for_10s_stalls_calls_but_crashes_and_duplicates_nothin
     for _ in range(2):
         worker(*FAULT_TASKS, "--concurrency", "2")
     client = api_client(env)
-    runs_dir = tmp_path / "runs"
-    job = client.submit({"task": MARK, "inputs": inputs(runs_dir, 40, sleep=0.3)})
-    # a task that runs across the whole stop: its lease must survive it
+    # a task that runs across the whole stop: its lease must survive it (submitted first, so
+    # it takes one slot before the other job's tasks take the other three)
     gate = tmp_path / "gate"
     long_dir = tmp_path / "long"
     long = client.submit({"task": MARK, "inputs": inputs(long_dir, 1, gate=str(gate))})
+    # three tasks running when Redis stops, which finish during the stop (stop_gate below)
+    runs_dir, stop_gate = tmp_path / "runs", tmp_path / "stop-gate"
+    job = client.submit({"task": MARK, "inputs": inputs(runs_dir, 40, gate=str(stop_gate))})
     wait_until(
-        lambda: len(read_runs(runs_dir)) >= 8 and read_runs(long_dir), 60, "both jobs to run"
+        lambda: len(read_runs(runs_dir)) == 3 and read_runs(long_dir), 60, "both jobs to run"
     )
     waiter = Call("wait", lambda: api_client(env).job(job.id).wait(timeout=120))
     small_dir = tmp_path / "small"
@@ -233,6 +237,7 @@ def test_redis_sigstopped_for_10s_stalls_calls_but_crashes_and_duplicates_nothin
     ]
     redis_server.pause()
     stopped = time.monotonic()
+    stop_gate.touch()
     threads = [threading.Thread(target=call) for call in calls]
     for thread in threads:
         thread.start()

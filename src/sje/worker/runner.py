@@ -69,7 +69,14 @@ class Worker:
 
     def request_stop(self) -> None:
         if self._stopping.is_set():
+            log.warning("stopping now: running tasks are handed back")
             self.force_stop()
+        else:
+            log.info(
+                "stopping: waiting tasks handed back, running ones get shutdown-grace %gs "
+                "(signal again to stop now)",
+                self.settings.shutdown_grace,
+            )
         self._stopping.set()
         self._wake.set()
 
