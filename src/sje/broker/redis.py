@@ -128,18 +128,21 @@ class RedisBroker:
         """A deployment-wide value (``token``, ``secret``) kept in ``P:auth``: the stored one,
         or ``candidate`` stored now when there was none. Returns (value, created)."""
         with self.guard():
-            created = bool(await self.client.hsetnx(self.key("auth"), name, candidate))
-            value: bytes = await self.client.hget(self.key("auth"), name)
-        return value.decode(), created
+            pipe = self.client.pipeline(transaction=True)
+            pipe.hsetnx(self.key("auth"), name, candidate)
+            pipe.hget(self.key("auth"), name)
+            created, value = await pipe.execute()
+        return value.decode(), bool(created)
 
     async def durability_warnings(self) -> list[str]:
         """What about this Redis could lose accepted work (empty when nothing)."""
         where = f"Redis at {_address(self.url)}"
         try:
             with self.guard():
-                aof = await self.client.config_get("appendonly")
-                policy = await self.client.config_get("maxmemory-policy")
-                maxmemory = await self.client.config_get("maxmemory")
+                pipe = self.client.pipeline(transaction=False)
+                for name in ("appendonly", "maxmemory-policy", "maxmemory"):
+                    pipe.config_get(name)
+                aof, policy, maxmemory = await pipe.execute()
         except BrokerError as exc:
             return [
                 f"could not check {where} for persistence ({exc}); make sure it runs with "

@@ -48,10 +48,12 @@ class RedisDeadLetters:
                 raw = await r.hget(self._raw, entry_id)
                 entry["raw"] = _printable(raw or b"")
                 return entry
-            state = await r.hget(self._b.key("job", job_id), "state")
+            pipe = r.pipeline(transaction=False)
+            pipe.hget(self._b.key("job", job_id), "state")
+            pipe.hget(self._b.key("job", job_id, "in"), index)
+            state, stored = await pipe.execute()
             entry["job_state"] = state.decode() if state else "expired"
             if index != "r":
-                stored = await r.hget(self._b.key("job", job_id, "in"), index)
                 if stored is None:
                     entry["payload"] = None
                 else:

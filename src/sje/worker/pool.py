@@ -111,13 +111,23 @@ def _direct_children() -> list[int]:
     return pids
 
 
-def _has_children(pid: int) -> bool:
-    """Whether ``pid`` has child processes (zombies too); False where /proc cannot tell."""
+def _has_children(pid: int, every_thread: bool) -> bool:
+    """Whether ``pid`` has child processes (zombies too); False where /proc cannot tell.
+
+    Called after every task, so for a child that ran only plain tasks (on its main thread) it
+    reads just that thread's list (~2 us); ``every_thread`` also looks at the others (~30 us).
+    """
     try:
-        tasks = os.listdir(f"/proc/{pid}/task")
-        return any(Path(f"/proc/{pid}/task/{t}/children").read_text().strip() for t in tasks)
+        for tid in os.listdir(f"/proc/{pid}/task") if every_thread else [str(pid)]:
+            fd = os.open(f"/proc/{pid}/task/{tid}/children", os.O_RDONLY)
+            try:
+                if os.read(fd, 64).strip():
+                    return True
+            finally:
+                os.close(fd)
     except OSError:
         return False
+    return False
 
 
 def _kill_and_reap(pid: int) -> None:
@@ -410,7 +420,7 @@ class Pool:
             and not (self.max_tasks_per_child and child.dispatched >= self.max_tasks_per_child)
         ):
             child.draining = False
-        if not child.tasks and not child.is_closed and _has_children(child.pid):
+        if not child.tasks and not child.is_closed and _has_children(child.pid, child.is_async):
             child.has_leftovers = child.draining = True
         return running
 
