@@ -53,6 +53,8 @@ PY
 # even when a Redis already answers; openssl makes the TLS tests' certificates
 command -v redis-server >/dev/null || apt_install redis-server
 command -v openssl >/dev/null || apt_install openssl
+# the dashboard tests (tests/browser) drive Debian's Chromium; Playwright's own download is not used
+[ -x /usr/bin/chromium ] || apt_install chromium
 
 if ! redis_up; then
   say "starting redis-server on $REDIS_URL_HOST:$REDIS_PORT (append-only file in .sje-data/redis)"

@@ -180,6 +180,14 @@ def events_of(r: redis.Redis, prefix: str, job_id: str) -> list[dict[str, Any]]:
     return [{k.decode(): v.decode() for k, v in fields.items()} for _id, fields in raw]
 
 
+def event_kind(event: dict[str, Any]) -> str:
+    """An event's type, with the reason for ``task.queued`` (``task.queued:redelivered``)."""
+    reason = event.get("reason")
+    return (
+        f"{event['type']}:{reason}" if event["type"] == "task.queued" and reason else event["type"]
+    )
+
+
 # -- delivery faults: a Redis to kill, clients with the test's token, execution markers ------
 
 
@@ -325,3 +333,15 @@ def overlapping_runs(
 def auth(env: dict[str, str]) -> dict[str, str]:
     """The Authorization header for raw HTTP calls to a master started with ``env``."""
     return {"Authorization": f"Bearer {env['SJE_TOKEN']}"}
+
+
+def start_monitor(env: dict[str, str], *extra: str) -> tuple[Proc, str]:
+    """A real ``sje monitor`` on a free port for the test's broker, key prefix and token;
+    returns the process and its URL (``http://HOST:PORT``)."""
+    marker = "SJE monitor listening on"
+    proc = Proc(
+        ["monitor", "--port", "0", "--broker-url", env["SJE_BROKER_URL"], *extra], env, marker
+    )
+    line = proc.find(marker)
+    assert line is not None
+    return proc, line.rsplit(" ", 1)[-1]

@@ -17,6 +17,7 @@ import orjson
 
 from sje.config import ClientSettings, load_settings
 from sje.errors import JobFailed, JobTimeout, MasterError, error_from_code
+from sje.events import JOB_PROGRESS
 from sje.models import JobState, parse_job
 from sje.tasks import Task
 
@@ -89,7 +90,7 @@ class SSEParser:
         event: Event = {**orjson.loads(fields["data"]), "type": fields.get("event", "message")}
         if "id" in fields:
             event["id"] = self.after = fields["id"]
-        self.finished = event["type"] == "progress" and final_state(event)
+        self.finished = event["type"] == JOB_PROGRESS and final_state(event)
         return event
 
 
@@ -158,8 +159,26 @@ class Client:
     def workers(self) -> list[dict[str, Any]]:
         return list(self.request("GET", "/workers")["workers"])
 
+    def queues(self, peek: int = 10) -> dict[str, Any]:
+        """``{"queues": [...], "dead_letters": n}``: depth, rates, oldest wait, a peek."""
+        return dict(self.request("GET", "/queues", params={"peek": peek}))
+
     def health(self) -> dict[str, Any]:
         return dict(self.request("GET", "/health"))
+
+    def logs(self, job_id: str, task: int | str | None = None) -> dict[str, Any]:
+        """What a job's tasks printed and logged: ``{"id", "logs": [{"task", "attempt",
+        "text", "truncated"}], "dropped"}``, every stored attempt (of one ``task`` index, or
+        ``"r"``, when given), by task then attempt. ``JobNotFound`` for an unknown job."""
+        path = f"/jobs/{quote(job_id, safe='')}/logs"
+        params: dict[str, Any] = {} if task is None else {"task": str(task)}
+        reply = dict(self.request("GET", path, params=params))
+        while reply["next"] is not None:
+            page = self.request("GET", path, params={"offset": reply["next"], "limit": 1000})
+            reply["logs"] += page["logs"]
+            reply["next"] = page["next"]
+        del reply["next"]
+        return reply
 
     # -- dead-letter queue --------------------------------------------------------------------
 
@@ -282,6 +301,12 @@ class JobHandle:
 
     def cancel(self) -> dict[str, Any]:
         return dict(self.client.request("POST", f"/jobs/{self.id}/cancel"))
+
+    def events(self, timeout: float | None = None, job_level: bool = False) -> Iterator[Event]:
+        """Every event of the job, in order and once each (replayed from its start), until it
+        ends; the last is a ``job.progress`` snapshot of the final record. ``job_level=True``
+        leaves out per-task events."""
+        return self.client.events(self.id, timeout, job_level)
 
     def on_event(self, fn: Callable[[Event], None]) -> JobHandle:
         """Call ``fn(event)`` for every pushed event, from a background thread."""

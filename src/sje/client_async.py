@@ -119,6 +119,10 @@ class AsyncJobHandle:
     async def cancel(self) -> dict[str, Any]:
         return dict(await self.client.request("POST", f"/jobs/{self.id}/cancel"))
 
+    def events(self, job_level: bool = False) -> AsyncIterator[Event]:
+        """Every event of the job, in order and once each, until it ends (``async for``)."""
+        return self.client.events(self.id, job_level)
+
     def on_event(self, fn: Callable[[Event], Any]) -> asyncio.Task[None]:
         """Call ``fn(event)`` (sync or async) for every pushed event; returns the watching task."""
 

@@ -93,6 +93,13 @@ class MasterSettings(BrokerSettings):
     )
 
 
+class MonitorSettings(BrokerSettings):
+    bind_address: str = "127.0.0.1"
+    port: int = Field(default=7071, ge=0, le=65535)
+    auth: Literal["token", "none"] = "token"
+    token: str | None = Field(default=None, min_length=8)
+
+
 class WorkerSettings(BrokerSettings):
     queues: list[str] = Field(default_factory=lambda: ["default"], min_length=1)
     worker_name: str | None = None

@@ -1,4 +1,5 @@
-"""``sje up``: a master and workers on this machine as child processes, for trying SJE out.
+"""``sje up``: a master, workers and a monitor on this machine as child processes, for trying
+SJE out.
 
 With ``--example`` it runs the example job end to end (primes below two million, split into
 40 tasks with a reduce step), checks the answer, and stops everything it started.
@@ -47,7 +48,7 @@ def _await_line(proc: subprocess.Popen[str], marker: str, log: Path, what: str) 
     reader.join(_READY_TIMEOUT_S)
     if not found:
         tail = log.read_text(errors="replace").strip().splitlines()[-3:]
-        raise (MasterError if what == "master" else WorkerError)(
+        raise (WorkerError if what == "worker" else MasterError)(
             f"The {what} did not start: {' | '.join(tail) or 'no output'} (log: {log})"
         )
     return found[0]
@@ -143,9 +144,13 @@ def run_up(
                 args += ["--tasks", module]
             proc = start(args, f"worker-{i + 1}")
             _await_line(proc, "ready", logs / f"worker-{i + 1}.log", "worker")
+        monitor = start(["monitor", "--port", "0"], "monitor")
+        _await_line(monitor, "listening on", logs / "monitor.log", "monitor")
+        dashboard = _await_line(monitor, "Dashboard:", logs / "monitor.log", "monitor")
         out.print(
             f"Master {master_url}, {n_workers} worker(s), broker {redact_url(url)}; logs in {logs}"
         )
+        out.print(dashboard, highlight=False, soft_wrap=True)
         client = Client(master_url, settings.token)
         if example:
             return _example(client, out, show_progress)

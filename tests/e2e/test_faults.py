@@ -12,7 +12,7 @@ import pytest
 import redis
 
 import sje
-from tests.support import Proc, events_of, start_master, wait_until
+from tests.support import Proc, event_kind, events_of, start_master, wait_until
 
 WAIT = "tests.apps.sample_tasks.started_then_wait"
 
@@ -55,8 +55,8 @@ def test_sigkilled_worker_tasks_are_redelivered_after_the_lease_and_job_complete
     _release(tmp_path)
     worker("--concurrency", "2", "--name", "rescuer")
     assert handle.result(timeout=60) == list(range(6))
-    kinds = [e["type"] for e in events_of(r, prefix, handle.id)]
-    assert "task.redelivered" in kinds
+    kinds = [event_kind(e) for e in events_of(r, prefix, handle.id)]
+    assert "task.queued:redelivered" in kinds
 
 
 def test_sigterm_hands_back_unstarted_work_at_once_and_finishes_in_flight(
@@ -81,7 +81,9 @@ def test_sigterm_hands_back_unstarted_work_at_once_and_finishes_in_flight(
         e for e in events if e["type"] == "task.succeeded" and e["worker"].startswith("first-")
     ]
     assert len(by_first) == 1, "the in-flight task finishes within the grace period"
-    assert not [e for e in events if e["type"] == "task.redelivered"], "no lease had to expire"
+    assert not [e for e in events if event_kind(e) == "task.queued:redelivered"], (
+        "no lease had to expire"
+    )
     assert second.popen.poll() is None
 
 
@@ -99,7 +101,9 @@ def test_sigterm_after_grace_hands_back_running_tasks_immediately(
     wait_until(lambda: _started(tmp_path) >= 2, 30, "both tasks to start")
     first.signal(signal.SIGTERM)
     assert first.wait(30) == 0
-    released = [e for e in events_of(r, prefix, handle.id) if e["type"] == "task.released"]
+    released = [
+        e for e in events_of(r, prefix, handle.id) if event_kind(e) == "task.queued:released"
+    ]
     assert len(released) == 2
     assert r.zcard(f"{prefix}:q:default") == 2, "handed-back tasks are queued again at once"
     handle.cancel()
@@ -180,7 +184,7 @@ def test_long_task_keeps_its_lease_and_runs_exactly_once(
     release.touch()
     assert handle.result(timeout=60) == [1]
     assert len(log.read_text().splitlines()) == 1
-    assert "task.redelivered" not in [e["type"] for e in events_of(r, prefix, handle.id)]
+    assert "task.queued:redelivered" not in [event_kind(e) for e in events_of(r, prefix, handle.id)]
 
 
 def test_raising_task_is_retried_per_policy_then_job_fails_with_traceback(
@@ -199,7 +203,7 @@ def test_raising_task_is_retried_per_policy_then_job_fails_with_traceback(
     error = status["task_errors"]["0"]
     assert error["attempt"] == 3
     assert "raise ValueError" in error["traceback"]
-    kinds = [e["type"] for e in events_of(r, prefix, handle.id)]
+    kinds = [event_kind(e) for e in events_of(r, prefix, handle.id)]
     assert kinds.count("task.retrying") == 2
     assert kinds.count("task.started") == 3
 

@@ -77,7 +77,7 @@ def test_auth_none_is_refused_on_a_non_loopback_address(env: dict[str, str]) -> 
 def test_auth_none_on_loopback_needs_no_token(env: dict[str, str], procs: list[Proc]) -> None:
     proc, url = start_master({**_without(env, "SJE_TOKEN"), "SJE_AUTH": "none"})
     procs.append(proc)
-    assert httpx.get(f"{url}/api/v1/jobs").json() == {"jobs": []}
+    assert httpx.get(f"{url}/api/v1/jobs").json() == {"jobs": [], "next": None}
 
 
 def test_tasks_signed_with_another_secret_are_dead_lettered_then_requeued(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import psutil
 
 from tests.support import run_sje
@@ -25,6 +27,9 @@ def test_up_example_runs_the_primes_job_correctly_and_stops_what_it_started(
     done = run_sje("up", "--example", env=env, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "Result: 148,933 primes below 2,000,000 (correct)" in done.stdout
+    assert re.search(r"^Dashboard: http://127\.0\.0\.1:\d+/\?token=\S+", done.stdout, re.M), (
+        "sje up prints where the dashboard is, with a link that signs in"
+    )
     assert _started_with_prefix(prefix) == []
 
 

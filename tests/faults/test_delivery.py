@@ -20,6 +20,7 @@ import sje
 from tests.support import (
     Proc,
     api_client,
+    event_kind,
     events_of,
     overlapping_runs,
     read_runs,
@@ -56,7 +57,7 @@ def alive(pid: int) -> bool:
 
 
 def kinds(r: redis.Redis, prefix: str, job_id: str) -> list[str]:
-    return [e["type"] for e in events_of(r, prefix, job_id)]
+    return [event_kind(e) for e in events_of(r, prefix, job_id)]
 
 
 def test_sigkilled_worker_reruns_only_its_in_flight_tasks_and_never_concurrently(
@@ -103,7 +104,7 @@ def test_sigkilled_worker_reruns_only_its_in_flight_tasks_and_never_concurrently
     assert all(len(same) <= 2 for same in by_index.values())
     assert overlapping_runs(runs, unfinished_end_ns=children_dead_ns) == []
     # each task the victim held came back once its lease expired, and nothing else did
-    assert kinds(r, prefix, handle.id).count("task.redelivered") == len(in_flight)
+    assert kinds(r, prefix, handle.id).count("task.queued:redelivered") == len(in_flight)
     assert survivor.popen.poll() is None
 
 
@@ -218,7 +219,7 @@ def test_sigterm_lets_in_flight_tasks_finish_and_the_rest_runs_once_on_another_w
     assert all(run.end_ns is not None and run.end_ns <= first_gone_ns for run in on_first)
     others = [run for run in runs if run not in on_first]
     assert others and all(run.pid in second_children for run in others), "the rest: second"
-    assert "task.redelivered" not in kinds(r, prefix, handle.id), "no lease had to expire"
+    assert "task.queued:redelivered" not in kinds(r, prefix, handle.id), "no lease had to expire"
 
 
 def test_sigterm_past_the_grace_hands_running_tasks_back_at_once(
@@ -262,9 +263,11 @@ def test_sigterm_past_the_grace_hands_running_tasks_back_at_once(
         assert same[-1].pid in second_children
     assert overlapping_runs(runs, unfinished_end_ns=first_gone_ns) == []
     events = events_of(r, prefix, handle.id)
-    released = sorted(int(e["task"]) for e in events if e["type"] == "task.released")
+    released = sorted(int(e["task"]) for e in events if event_kind(e) == "task.queued:released")
     assert released == sorted(handed_back)
-    assert not [e for e in events if e["type"] == "task.redelivered"], "no lease had to expire"
+    assert not [e for e in events if event_kind(e) == "task.queued:redelivered"], (
+        "no lease had to expire"
+    )
     # a hand-back does not use up an attempt
     starts = [e for e in events if e["type"] == "task.started"]
     assert {e["attempt"] for e in starts} == {"1"}

@@ -17,6 +17,7 @@ from tests.support import (
     Proc,
     api_client,
     auth,
+    event_kind,
     events_of,
     read_runs,
     runs_by_index,
@@ -60,7 +61,7 @@ def test_master_sigkilled_mid_job_a_new_master_sees_it_finish_and_workers_never_
     by_index = runs_by_index(read_runs(runs_dir))
     assert {i: len(same) for i, same in by_index.items()} == {i: 1 for i in range(20)}
     assert all(same[0].finished for same in by_index.values())
-    assert "task.redelivered" not in [e["type"] for e in events_of(r, prefix, handle.id)]
+    assert "task.queued:redelivered" not in [event_kind(e) for e in events_of(r, prefix, handle.id)]
     for w in workers:
         assert w.popen.poll() is None
         assert not [line for line in w.lines if " ERROR " in line], w.output()

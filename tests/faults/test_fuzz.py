@@ -48,6 +48,9 @@ CHECKS = [
 ]
 #: a valid job definition is still refused when no worker has registered its task (422)
 NOT_CHECKED = {"POST /api/v1/jobs": [st_checks.positive_data_acceptance]}
+#: streams that never end by themselves (each request would just time out): their parameter
+#: checks are tested directly in test_inputs_that_broke_the_master_get_a_4xx_saying_what_to_do
+ENDLESS = {"GET /api/v1/events"}
 TASKS = "tests.apps.sample_tasks"
 SEED_JOBS = {
     "item": {"task": f"{TASKS}.square", "inputs": [1, 2, 3]},
@@ -165,6 +168,8 @@ def test_no_request_gets_a_server_error_or_an_answer_the_document_does_not_descr
     ]
     # deletes last, so the other routes still find the dead-letter entry
     for path, method in sorted(operations, key=lambda op: op[1] == "delete"):
+        if f"{method.upper()} {path}" in ENDLESS:
+            continue
         operation = schema[path][method.upper()]
         ids = [p.name for p in operation.path_parameters if p.name in real_ids]
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
@@ -209,6 +214,8 @@ def test_inputs_that_broke_the_master_get_a_4xx_saying_what_to_do(api: httpx.Cli
         ("GET", f"/jobs/{job}", {"params": {"errors": "yes"}}, 400, "one of 0, 1"),
         ("GET", "/jobs", {"params": {"state": "done"}}, 400, "one of pending, running"),
         ("GET", f"/jobs/{job}/events", {"params": {"scope": "jobs"}}, 400, "one of all, job"),
+        ("GET", "/events", {"params": {"after": "x"}}, 400, "'after=x': expected"),
+        ("GET", "/events", {"headers": {"Last-Event-ID": "1-x"}}, 400, "'Last-Event-ID: 1-x'"),
     ]
     for method, path, request, status, message in cases:
         reply = api.request(method, path, **request)

@@ -701,16 +701,16 @@ def test_job_level_events_record_the_lifecycle(redis_url: str, prefix: str) -> N
         job_events = await b.events(job.id, "0", None, job_level=True)
         assert [f["type"] for _id, f in job_events] == [
             "job.submitted",
-            "job.running",
-            "job.finished",
+            "job.started",
+            "job.succeeded",
         ]
         all_events = await b.events(job.id, "0", None)
         assert [f["type"] for _id, f in all_events] == [
             "job.submitted",
-            "job.running",
+            "job.started",
             "task.started",
             "task.succeeded",
-            "job.finished",
+            "job.succeeded",
         ]
         last_id = all_events[-1][0]
         assert await b.events(job.id, last_id, None) == []

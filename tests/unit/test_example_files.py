@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from sje.config import MasterSettings, WorkerSettings, load_settings
+from sje.config import MasterSettings, MonitorSettings, WorkerSettings, load_settings
 from sje.models import parse_job
 from sje.submitfile import job_from_file
 from tests.support import ROOT
@@ -32,6 +32,13 @@ def test_example_worker_file_loads_with_its_documented_values() -> None:
     assert settings.queues == ["default"]
     assert settings.tasks == ["sje.examples"]
     assert settings.heartbeat_interval == 2.0
+
+
+def test_example_monitor_file_loads_with_its_documented_values() -> None:
+    settings = load_settings(MonitorSettings, CONFIG / "monitor.yaml")
+    assert (settings.bind_address, settings.port) == ("127.0.0.1", 7071)
+    assert (settings.auth, settings.key_prefix) == ("token", "sje")
+    assert settings.broker_url == "redis://127.0.0.1:6379/0"
 
 
 @pytest.mark.parametrize("name", ["primes", "one-range", "pauses"])

@@ -388,14 +388,14 @@ def test_sse_parser_builds_events_from_multi_line_feed() -> None:
             'data: {"job": "j1", "task": "3"}',
             "",
             "id: 2-0",
-            "event: job.finished",
+            "event: job.succeeded",
             'data: {"job": "j1", "state": "succeeded"}',
             "",
         ],
     )
     assert events == [
         {"job": "j1", "task": "3", "type": "task.succeeded", "id": "1-0"},
-        {"job": "j1", "state": "succeeded", "type": "job.finished", "id": "2-0"},
+        {"job": "j1", "state": "succeeded", "type": "job.succeeded", "id": "2-0"},
     ]
     assert parser.after == "2-0"
     assert not parser.finished
@@ -416,9 +416,9 @@ def test_sse_parser_default_type_is_message_and_id_is_optional() -> None:
 
 def test_sse_parser_finishes_on_terminal_progress_snapshot() -> None:
     parser = SSEParser()
-    feed_all(parser, ["event: progress", 'data: {"id": "j", "state": "running"}', ""])
+    feed_all(parser, ["event: job.progress", 'data: {"id": "j", "state": "running"}', ""])
     assert not parser.finished
-    feed_all(parser, ["event: progress", 'data: {"id": "j", "state": "failed"}', ""])
+    feed_all(parser, ["event: job.progress", 'data: {"id": "j", "state": "failed"}', ""])
     assert parser.finished
 
 

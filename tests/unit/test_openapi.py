@@ -31,7 +31,7 @@ _IMPLICIT = {"HEAD"}
 @pytest.fixture
 def app() -> Iterator[Starlette]:
     broker = RedisBroker("redis://127.0.0.1:1/0", "openapi-test")  # never connected
-    yield api.Api(broker, MasterSettings(), b"k" * 32, "a-test-token").app()
+    yield api.Api(broker, MasterSettings(), b"k" * 32, api.BearerAuth("a-test-token")).app()
     asyncio.run(broker.close())
 
 
@@ -141,3 +141,24 @@ def test_what_the_schema_accepts_the_master_accepts() -> None:
 
 def test_results_page_bound_matches_the_handler() -> None:
     assert RESULTS_LIMIT_MAX == api._MAX_PAGE
+
+
+def test_monitor_document_lists_exactly_the_monitor_api_routes() -> None:
+    from sje.master.openapi import monitor_document
+    from sje.monitor.server import build_app
+    from sje.monitor.session import SessionAuth
+
+    broker = RedisBroker("redis://127.0.0.1:1/0", "openapi-test")  # never connected
+    app = build_app(broker, SessionAuth("a-test-token", b"s" * 32))
+    served = {
+        (route.path, method.lower())
+        for route in app.routes
+        if isinstance(route, Route) and route.path.startswith(("/api/", "/metrics"))
+        for method in (route.methods or {"GET"}) - _IMPLICIT
+    }
+    doc = monitor_document()
+    described = {(path, method) for path, ops in doc["paths"].items() for method in ops}
+    assert described == served
+    assert ("/api/v1/jobs", "post") not in described, "a monitor does not accept jobs"
+    schemathesis.openapi.from_dict(doc).validate()
+    asyncio.run(broker.close())

@@ -85,8 +85,16 @@ class TaskQueue(Protocol):
         """``complete``, then ``fetch`` up to ``n`` tasks for the freed slot, in one step."""
         ...
 
-    async def renew(self, worker_id: str, task_ids: list[str], lease_s: float) -> list[str]:
-        """Heartbeat: extend the leases; returns the ids the worker must stop (lost/cancelled)."""
+    async def renew(
+        self,
+        worker_id: str,
+        task_ids: list[str],
+        lease_s: float,
+        stats: dict[str, Any] | None = None,
+        due_s: float = 10.0,
+    ) -> list[str]:
+        """Heartbeat: extend the leases and store the worker's ``stats`` (it counts as lost
+        after ``due_s`` without another); returns the ids the worker must stop."""
         ...
 
     async def release(self, worker_id: str, task_ids: list[str]) -> int:
@@ -113,6 +121,10 @@ class Scheduler(Protocol):
 
     async def prune_index(self) -> int:
         """Forget (a slice of) the jobs whose records expired; returns how many."""
+        ...
+
+    async def mark_lost_workers(self) -> int:
+        """Mark workers past their heartbeat deadline lost (once each); returns how many."""
         ...
 
 

@@ -32,6 +32,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from sje.broker.base import NewJob, SubmitOutcome
 from sje.broker.redis_dlq import RedisDeadLetters
+from sje.broker.redis_logs import RedisTaskLogs
+from sje.broker.redis_views import RedisViews
 from sje.errors import BrokerError
 from sje.models import TaskMessage, dumps
 from sje.tasks import TaskDefaults
@@ -49,10 +51,15 @@ _SCRIPTS = (
     "terminate",
     "requeue",
     "prune",
+    "log",
+    "lost",
+    "unfinished",
+    "throughput",
 )
 _USES_TASKS = ("fetch", "complete", "complete_fetch")
 _WORKER_FORGET_S = 3600.0
 EVENTS_PAGE = 1000
+GLOBAL_EVENTS_MAXLEN = 100_000
 
 
 def _lua(name: str) -> str:
@@ -90,6 +97,8 @@ class RedisBroker:
             for name in _SCRIPTS
         }
         self.dlq = RedisDeadLetters(self)
+        self.logs = RedisTaskLogs(self)
+        self.views = RedisViews(self)
 
     # -- plumbing -------------------------------------------------------------------------
 
@@ -101,6 +110,11 @@ class RedisBroker:
         try:
             yield
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            if "Too many connections" in str(exc):
+                raise BrokerError(
+                    f"Redis at {_address(self.url)} is up, but this process has every connection "
+                    "of its pool in use; make fewer calls at once."
+                ) from exc
             raise BrokerError(
                 f"Cannot reach Redis at {_address(self.url)} ({exc}). Start it (redis-server) "
                 "or point SJE_BROKER_URL / broker-url at a running Redis."
@@ -195,8 +209,25 @@ class RedisBroker:
         status: bytes = await self.run_script("fail", task_id, worker_id, dumps(error), -1, "dead")
         return status.decode()
 
-    async def renew(self, worker_id: str, task_ids: list[str], lease_s: float) -> list[str]:
-        lost = await self.run_script("renew", worker_id, int(lease_s * 1000), *task_ids)
+    async def renew(
+        self,
+        worker_id: str,
+        task_ids: list[str],
+        lease_s: float,
+        stats: dict[str, Any] | None = None,
+        due_s: float = 10.0,
+    ) -> list[str]:
+        """Heartbeat: extend leases, store the worker's ``stats``; lost after ``due_s``."""
+        busy = int((stats or {}).get("busy", 0))
+        lost = await self.run_script(
+            "renew",
+            worker_id,
+            int(lease_s * 1000),
+            int(due_s * 1000),
+            busy,
+            dumps(stats) if stats else "",
+            *task_ids,
+        )
         return [t.decode() for t in lost]
 
     async def release(self, worker_id: str, task_ids: list[str]) -> int:
@@ -214,6 +245,9 @@ class RedisBroker:
 
     async def prune_index(self) -> int:
         return int(await self.run_script("prune", 1000))
+
+    async def mark_lost_workers(self) -> int:
+        return int(await self.run_script("lost", 1000))
 
     async def expire_jobs(self) -> int:
         reason = "Job timeout: job {job} ran longer than its job-timeout of {limit}s"
@@ -336,34 +370,65 @@ class RedisBroker:
 
     # -- worker registry ----------------------------------------------------------------------
 
+    def _event(self, pipe: Any, etype: str, **fields: Any) -> None:
+        """Append a global event in ``pipe`` (for changes made outside Lua)."""
+        data = {"type": etype, **{k: str(v) for k, v in fields.items()}}
+        pipe.xadd(self.key("events"), data, maxlen=GLOBAL_EVENTS_MAXLEN, approximate=True)
+
     async def register_worker(
-        self, worker_id: str, info: dict[str, Any], tasks: dict[str, TaskDefaults]
+        self,
+        worker_id: str,
+        info: dict[str, Any],
+        tasks: dict[str, TaskDefaults],
+        due_s: float = 10.0,
     ) -> None:
+        now_ms = int(await self.server_time() * 1000)
         with self.guard():
             pipe = self.client.pipeline(transaction=True)
             pipe.hset(self.key("workers"), worker_id, dumps(info))
-            pipe.zadd(self.key("seen"), {worker_id: int(await self.server_time() * 1000)})
+            pipe.zadd(self.key("seen"), {worker_id: now_ms})
+            pipe.zadd(self.key("wdue"), {worker_id: now_ms + int(due_s * 1000)})
+            pipe.hdel(self.key("wlost"), worker_id)
             if tasks:
                 pipe.hset(
                     self.key("tasks"),
                     mapping={name: dumps(d.to_json()) for name, d in tasks.items()},
                 )
+            self._event(
+                pipe,
+                "worker.joined",
+                worker=worker_id,
+                name=info.get("name", ""),
+                host=info.get("host", ""),
+                pid=info.get("pid", 0),
+            )
             await pipe.execute()
 
-    async def deregister_worker(self, worker_id: str) -> None:
+    async def deregister_worker(self, worker_id: str, event: bool = True) -> None:
         with self.guard():
             pipe = self.client.pipeline(transaction=True)
-            pipe.hdel(self.key("workers"), worker_id)
-            pipe.zrem(self.key("seen"), worker_id)
+            for name in ("workers", "wstat", "wlost", "whb"):
+                pipe.hdel(self.key(name), worker_id)
+            for name in ("seen", "wdue"):
+                pipe.zrem(self.key(name), worker_id)
+            if event:
+                self._event(pipe, "worker.left", worker=worker_id)
             await pipe.execute()
 
     async def workers(self) -> list[dict[str, Any]]:
-        """Registered workers with ``last_seen_s`` (seconds since their last heartbeat)."""
+        """Registered workers: their info, last stats, ``last_seen_s`` (seconds since their
+        last heartbeat), ``running`` (leases held) and ``state`` (alive or lost)."""
         now = await self.server_time()
         with self.guard():
-            infos = await self.client.hgetall(self.key("workers"))
-            seen = dict(await self.client.zrange(self.key("seen"), 0, -1, withscores=True))
-            owners = await self.client.hgetall(self.key("owner"))
+            pipe = self.client.pipeline(transaction=False)
+            pipe.hgetall(self.key("workers"))
+            pipe.zrange(self.key("seen"), 0, -1, withscores=True)
+            pipe.hgetall(self.key("owner"))
+            pipe.hgetall(self.key("wstat"))
+            pipe.hgetall(self.key("wlost"))
+            pipe.zrange(self.key("wdue"), 0, -1, withscores=True)
+            infos, seen_pairs, owners, stats, lost, due_pairs = await pipe.execute()
+        seen, due = dict(seen_pairs), dict(due_pairs)
         running: dict[bytes, int] = {}
         for wid in owners.values():
             running[wid] = running.get(wid, 0) + 1
@@ -371,11 +436,17 @@ class RedisBroker:
         for wid, info in infos.items():
             age = now - seen.get(wid, 0.0) / 1000
             if age > _WORKER_FORGET_S:
-                await self.deregister_worker(wid.decode())
+                await self.deregister_worker(wid.decode(), event=False)
                 continue
-            out.append(
-                {**orjson.loads(info), "last_seen_s": round(age, 3), "running": running.get(wid, 0)}
-            )
+            overdue = due.get(wid, 0.0) / 1000 < now
+            row = {
+                **orjson.loads(info),
+                **(orjson.loads(stats[wid]) if wid in stats else {}),
+                "last_seen_s": round(age, 3),
+                "running": running.get(wid, 0),
+                "state": "lost" if wid in lost or overdue else "alive",
+            }
+            out.append(row)
         return sorted(out, key=lambda w: str(w.get("name")))
 
 

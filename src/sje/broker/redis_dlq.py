@@ -61,10 +61,11 @@ class RedisDeadLetters:
                     entry["payload"] = _printable(stored[SIG_LEN:])
         return entry
 
-    async def requeue(self, entry_id: str) -> tuple[str, str, int]:
-        """(status, job id, tasks queued); see requeue.lua for the statuses."""
-        status, job_id, queued = await self._b.run_script("requeue", entry_id)
-        return status.decode(), job_id.decode(), int(queued)
+    async def requeue(self, entry_id: str, job_id: str = "") -> tuple[str, str, int]:
+        """(status, job id, tasks queued); see requeue.lua for the statuses. Given ``job_id``,
+        that failed job is requeued whatever its entries."""
+        status, jid, queued = await self._b.run_script("requeue", entry_id, job_id)
+        return status.decode(), jid.decode(), int(queued)
 
     async def ids(self) -> list[str]:
         with self._b.guard():

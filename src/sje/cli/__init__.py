@@ -3,7 +3,7 @@
 Terminal output happens only in this package, through rich.
 """
 
-from sje.cli import dlq, jobs, servers
+from sje.cli import dlq, jobs, logs, servers, watch
 from sje.cli.base import cli, main
 
-__all__ = ["cli", "dlq", "jobs", "main", "servers"]
+__all__ = ["cli", "dlq", "jobs", "logs", "main", "servers", "watch"]

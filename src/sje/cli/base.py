@@ -14,7 +14,14 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 import orjson
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.text import Text
 
 from sje.config import (
@@ -24,6 +31,7 @@ from sje.config import (
     read_yaml,
 )
 from sje.errors import SJEError
+from sje.events import JOB_PROGRESS
 
 if TYPE_CHECKING:
     # the HTTP client loads only for commands that talk to a master, keeping `sje worker` lean
@@ -95,7 +103,8 @@ def cli() -> None:
     """SJE: run heavy work as distributed jobs. Start `sje master`, `sje worker`, then submit."""
 
 
-def show_progress(handle: JobHandle, timeout: float | None) -> None:
+def progress_bar() -> Progress:
+    """The one progress bar style: job id, bar, done/total, counts, elapsed time."""
     columns = (
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -103,16 +112,25 @@ def show_progress(handle: JobHandle, timeout: float | None) -> None:
         TextColumn("{task.fields[detail]}"),
         TimeElapsedColumn(),
     )
-    with Progress(*columns, console=err, transient=False) as bar:
-        task_id = bar.add_task(handle.id[:12], total=None, detail="")
+    return Progress(*columns, console=err, transient=False)
+
+
+def advance(bar: Progress, row: TaskID, event: dict[str, Any]) -> None:
+    """Move the bar to a ``job.progress`` snapshot (other events leave it)."""
+    if event["type"] != JOB_PROGRESS:
+        return
+    t = event["tasks"]
+    failed = t["failed"] + t["dead"]
+    done = t["succeeded"] + failed + t["cancelled"]
+    detail = f"running {t['running']}  retrying {t['retrying']}  failed {failed}"
+    bar.update(row, total=t["total"], completed=done, detail=detail)
+
+
+def show_progress(handle: JobHandle, timeout: float | None) -> None:
+    with progress_bar() as bar:
+        row = bar.add_task(handle.id[:12], total=None, detail="")
         for event in handle.client.events(handle.id, timeout, job_level=True):
-            if event["type"] != "progress":
-                continue
-            t = event["tasks"]
-            failed = t["failed"] + t["dead"]
-            done = t["succeeded"] + failed + t["cancelled"]
-            detail = f"running {t['running']}  retrying {t['retrying']}  failed {failed}"
-            bar.update(task_id, total=t["total"], completed=done, detail=detail)
+            advance(bar, row, event)
 
 
 def main() -> None:

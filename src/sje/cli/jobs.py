@@ -193,3 +193,36 @@ def workers(config_file: str | None, as_json: bool) -> None:
             f"{r['last_seen_s']:.1f}s ago",
         )
     out.print(table)
+
+
+@cli.command()
+@common
+@json_flag
+@click.option("--peek", type=int, default=5, show_default=True, help="Queued tasks to show.")
+def queues(config_file: str | None, as_json: bool, peek: int) -> None:
+    """List queues: depth, running, rates, oldest waiting task, and what is next."""
+    reply = client_for(config_file).queues(peek)
+    if as_json:
+        print_json(reply)
+        return
+    table = Table("queue", "depth", "running", "retrying", "done/s", "failed/s", "oldest wait")
+    for q in reply["queues"]:
+        wait = q["oldest_wait_s"]
+        table.add_row(
+            q["name"],
+            str(q["depth"]),
+            str(q["running"]),
+            str(q["retrying"]),
+            f"{q['succeeded_per_s']:g}",
+            f"{q['failed_per_s']:g}",
+            "—" if wait is None else f"{wait:.1f}s",
+        )
+    out.print(table)
+    for q in reply["queues"]:
+        for item in q["peek"]:
+            out.print(
+                f"  {q['name']}: {item['task']} {item['name'] or ''} priority {item['priority']}",
+                highlight=False,
+                markup=False,
+            )
+    out.print(f"Dead letters: {reply['dead_letters']} (sje dlq list)", highlight=False)

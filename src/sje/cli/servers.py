@@ -15,6 +15,7 @@ from sje.cli.base import _setup_logging, cli, common, err, json_flag, out, print
 from sje.config import (
     ClientSettings,
     MasterSettings,
+    MonitorSettings,
     WorkerSettings,
     config_path,
     load_settings,
@@ -45,6 +46,31 @@ def master(
         out.print(f"SJE master listening on {url}", highlight=False, soft_wrap=True)
         for notice in m.notices:
             out.print(notice, highlight=False, soft_wrap=True)
+        sys.stdout.flush()
+
+    asyncio.run(m.serve(on_ready=ready))
+
+
+@cli.command()
+@common
+@click.option("--bind-address", default=None, help="Address to listen on (bind-address).")
+@click.option("--port", type=int, default=None, help="Port to listen on (port; 0 picks one).")
+@click.option("--broker-url", default=None, help="redis://host:port/db (broker-url).")
+def monitor(
+    config_file: str | None, bind_address: str | None, port: int | None, broker_url: str | None
+) -> None:
+    """Run the monitor: live dashboard, REST API and Prometheus /metrics."""
+    from sje.monitor.server import Monitor
+
+    flags = {"bind_address": bind_address, "port": port, "broker_url": broker_url}
+    settings = load_settings(MonitorSettings, config_path(config_file), flags)
+    _setup_logging()
+    m = Monitor(settings)
+
+    def ready(url: str) -> None:
+        out.print(f"SJE monitor listening on {url}", highlight=False, soft_wrap=True)
+        note = " (this link signs you in)" if m.signin_url != f"{url}/" else ""
+        out.print(f"Dashboard: {m.signin_url}{note}", highlight=False, soft_wrap=True)
         sys.stdout.flush()
 
     asyncio.run(m.serve(on_ready=ready))
@@ -109,7 +135,7 @@ def worker(
 @click.option("--workers", "n_workers", type=int, default=2, show_default=True)
 @click.option("--tasks", "tasks", multiple=True, help="Task modules for the workers.")
 def up(config_file: str | None, example: bool, n_workers: int, tasks: tuple[str, ...]) -> None:
-    """Start a master and workers here (and with --example, run the example job)."""
+    """Start a master, workers and a monitor here (with --example, run the example job)."""
     from sje.launcher import run_up
 
     sys.exit(
@@ -144,12 +170,13 @@ def token(config_file: str | None, broker_url: str | None) -> None:
 @cli.command("config")
 @common
 @json_flag
-@click.argument("component", type=click.Choice(["master", "worker", "client"]))
+@click.argument("component", type=click.Choice(["master", "worker", "monitor", "client"]))
 def show_config(config_file: str | None, as_json: bool, component: str) -> None:
     """Print the effective settings of a component (file + environment), secrets hidden."""
     models: dict[str, type[BaseModel]] = {
         "master": MasterSettings,
         "worker": WorkerSettings,
+        "monitor": MonitorSettings,
         "client": ClientSettings,
     }
     settings = load_settings(models[component], config_path(config_file))

@@ -11,7 +11,7 @@ import hmac
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 from starlette.applications import Starlette
@@ -28,7 +28,10 @@ from sje.errors import (
     QueueFull,
     SJEError,
 )
+from sje.events import JOB_PROGRESS, event_view
 from sje.master.api_dlq import DeadLetterRoutes
+from sje.master.api_logs import TaskLogRoutes
+from sje.master.api_views import ViewRoutes
 from sje.master.http import (
     MAX_OFFSET,
     error_response,
@@ -38,10 +41,10 @@ from sje.master.http import (
     read_body,
     resume_after,
 )
-from sje.master.openapi import openapi_json
+from sje.master.openapi import monitor_openapi_json, openapi_json
 from sje.master.planner import check_tasks, plan
 from sje.master.views import is_terminal, job_view, progress_view, sse
-from sje.models import JobState, parse_job
+from sje.models import parse_job
 from sje.results import flatten, task_range
 from sje.tasks import TaskDefaults
 
@@ -59,34 +62,63 @@ def _is_job_id(text: str) -> bool:
     return ":" not in text
 
 
+class BearerAuth:
+    """Requests must carry ``Authorization: Bearer <token>`` (no token: anyone may call)."""
+
+    def __init__(self, token: str | None) -> None:
+        self.token = token
+
+    def bearer_ok(self, request: Request) -> bool:
+        given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+        return self.token is not None and hmac.compare_digest(given.encode(), self.token.encode())
+
+    def check(self, request: Request) -> Response | None:
+        """None when the request may proceed, else the response refusing it."""
+        if self.token is None or self.bearer_ok(request):
+            return None
+        return unauthorized()
+
+
+def unauthorized() -> Response:
+    body = {
+        "error": {
+            "code": "unauthorized",
+            "message": "Missing or wrong API token: set SJE_TOKEN to the token "
+            "the master printed at its first start (`sje token` prints it).",
+        }
+    }
+    return json_response(body, 401)
+
+
+class Auth(Protocol):
+    def check(self, request: Request) -> Response | None: ...
+
+
 class Api:
-    """Route handlers bound to one broker and the master's settings."""
+    """Route handlers bound to one broker. With ``settings`` and ``key`` (a master) it accepts
+    jobs; without (a monitor) it serves every other route."""
 
     def __init__(
-        self, broker: RedisBroker, settings: MasterSettings, key: bytes, token: str | None
+        self,
+        broker: RedisBroker,
+        settings: MasterSettings | None,
+        key: bytes | None,
+        auth: Auth,
     ) -> None:
         self.broker = broker
         self.settings = settings
         self.key = key
-        self.token = token
+        self.auth = auth
         self._catalog: dict[str, TaskDefaults] = {}
         self._catalog_at = 0.0
 
     def guarded(self, handler: Handler, *, public: bool = False) -> Handler:
-        token = self.token
+        auth = self.auth
 
         async def run(request: Request) -> Response:
-            if token and not public:
-                given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
-                if not hmac.compare_digest(given.encode(), token.encode()):
-                    body = {
-                        "error": {
-                            "code": "unauthorized",
-                            "message": "Missing or wrong API token: set SJE_TOKEN to the token "
-                            "the master printed at its first start (`sje token` prints it).",
-                        }
-                    }
-                    return json_response(body, 401)
+            refused = None if public else auth.check(request)
+            if refused is not None:
+                return refused
             try:
                 return await handler(request)
             except SJEError as exc:
@@ -116,6 +148,7 @@ class Api:
         return json_response({"status": "ok", "broker": "ok"})
 
     async def submit(self, request: Request) -> Response:
+        assert self.settings is not None and self.key is not None, "submit is a master's route"
         body = await read_body(request, self.settings.max_request_mb)
         try:
             data = orjson.loads(body)
@@ -160,16 +193,6 @@ class Api:
             }
         return view
 
-    async def list_jobs(self, request: Request) -> Response:
-        limit = query_int(request, "limit", 50, 1, 1000)
-        offset = query_int(request, "offset", 0, 0, MAX_OFFSET)
-        state = query_choice(request, "state", "", [s.value for s in JobState])
-        rows = await self.broker.jobs(limit, offset)
-        views = [job_view(r["id"], r) for r in rows]
-        if state:
-            views = [v for v in views if v["state"] == state]
-        return json_response({"jobs": views})
-
     async def results(self, request: Request) -> Response:
         job_id = request.path_params["job_id"]
         offset = query_int(request, "offset", 0, 0, MAX_OFFSET)
@@ -211,7 +234,7 @@ class Api:
     async def workers(self, request: Request) -> Response:
         rows = await self.broker.workers()
         for row in rows:
-            row["alive"] = row["last_seen_s"] <= max(3 * float(row.get("heartbeat_interval", 2)), 5)
+            row["alive"] = row["state"] == "alive"
         return json_response({"workers": rows})
 
     async def events(self, request: Request) -> Response:
@@ -234,30 +257,41 @@ class Api:
             batch = await self.broker.events(job_id, after, None if terminal else block, job_level)
             for entry_id, fields in batch:
                 after = entry_id
-                yield sse(fields.get("type", "event"), {"job": job_id, **fields}, entry_id)
+                yield sse(fields["type"], event_view(entry_id, fields, job_id), entry_id)
             if terminal and len(batch) < EVENTS_PAGE:
                 # the final snapshot is the whole job record: waiting clients need nothing more
-                yield sse("progress", await self._full_view(job_id, raw, errors=False))
+                yield sse(JOB_PROGRESS, await self._full_view(job_id, raw, errors=False))
                 return
             raw = await self.broker.job(job_id)
             if raw is not None and not is_terminal(raw) and (batch or job_level):
-                yield sse("progress", progress_view(job_id, raw))
+                yield sse(JOB_PROGRESS, progress_view(job_id, raw))
             elif not batch:
                 yield b": keepalive\n\n"
 
-    def app(self) -> Starlette:
+    def routes(self) -> list[Route]:
         g = self.guarded
+        document = openapi_json if self.settings is not None else monitor_openapi_json
+        views = ViewRoutes(self.broker, self._job_or_404)
+        logs = TaskLogRoutes(self.broker.logs, self._job_or_404)
         routes = [
             Route("/api/v1/health", g(self.health, public=True)),
-            Route("/api/v1/openapi.json", g(openapi_json, public=True)),
-            Route("/api/v1/jobs", g(self.submit), methods=["POST"]),
-            Route("/api/v1/jobs", g(self.list_jobs), methods=["GET"]),
+            Route("/api/v1/openapi.json", g(document, public=True)),
+            Route("/api/v1/overview", g(views.overview)),
+            Route("/api/v1/events", g(views.events)),
+            Route("/api/v1/queues", g(views.queues)),
+            Route("/api/v1/jobs", g(views.jobs), methods=["GET"]),
             Route("/api/v1/jobs/{job_id}", g(self.get_job)),
             Route("/api/v1/jobs/{job_id}/results", g(self.results)),
+            Route("/api/v1/jobs/{job_id}/tasks", g(views.tasks)),
+            Route("/api/v1/jobs/{job_id}/timeline", g(views.timeline)),
+            Route("/api/v1/jobs/{job_id}/logs", g(logs.page)),
             Route("/api/v1/jobs/{job_id}/cancel", g(self.cancel), methods=["POST"]),
+            Route("/api/v1/jobs/{job_id}/retry", g(views.retry), methods=["POST"]),
             Route("/api/v1/jobs/{job_id}/events", g(self.events)),
             Route("/api/v1/workers", g(self.workers)),
         ]
+        if self.settings is not None:
+            routes.append(Route("/api/v1/jobs", g(self.submit), methods=["POST"]))
         dlq = DeadLetterRoutes(self.broker.dlq)
         routes += [
             Route("/api/v1/dlq", g(dlq.page), methods=["GET"]),
@@ -267,4 +301,7 @@ class Api:
             Route("/api/v1/dlq/{entry_id}", g(dlq.purge), methods=["DELETE"]),
             Route("/api/v1/dlq/{entry_id}/requeue", g(dlq.requeue), methods=["POST"]),
         ]
-        return Starlette(routes=routes)
+        return routes
+
+    def app(self) -> Starlette:
+        return Starlette(routes=self.routes())

@@ -48,7 +48,34 @@ def query_choice(request: Request, name: str, default: str, choices: Sequence[st
     return raw
 
 
-def resume_after(request: Request) -> str:
+def query_text(request: Request, name: str, max_len: int = 200) -> str | None:
+    """A free-text query parameter (None when absent or empty), at most ``max_len`` long."""
+    raw = request.query_params.get(name)
+    if raw is not None and len(raw) > max_len:
+        raise InvalidRequest(
+            f"Query parameter '{name}': {len(raw)} characters; at most {max_len} are allowed."
+        )
+    return raw.strip() or None if raw is not None else None
+
+
+def query_epoch_ms(request: Request, name: str) -> int | None:
+    """An epoch time in seconds (decimals allowed) as milliseconds, or None when absent."""
+    raw = request.query_params.get(name)
+    if raw is None:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < 1e11:
+        raise InvalidRequest(
+            f"Query parameter '{name}={raw[:40]}': expected a time in seconds since 1970 "
+            "(like 1735689600)."
+        )
+    return int(value * 1000)
+
+
+def resume_after(request: Request, default: str = "0") -> str:
     """Where an event stream starts: after the ``Last-Event-ID`` a reconnecting client sends,
     else after ``?after=`` (default ``0``: every stored event)."""
     header = request.headers.get("last-event-id") or None
@@ -59,7 +86,7 @@ def resume_after(request: Request) -> str:
                 f"{where}{raw}': expected the id of an event received (like 1712345678901-0), "
                 "or 0 for every event."
             )
-    return header or query or "0"
+    return header or query or default
 
 
 def error_response(exc: SJEError) -> Response:

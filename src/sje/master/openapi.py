@@ -30,7 +30,9 @@ from sje.errors import (
     RequestTooLarge,
     UnknownTask,
 )
+from sje.master.api_logs import LOGS_LIMIT_MAX
 from sje.master.http import EVENT_ID, MAX_OFFSET
+from sje.master.openapi_views import monitor_operations, view_operations, view_schemas
 from sje.models import MAX_DURATION_S, MAX_PRIORITY, TASK_COUNTERS, JobSpec, JobState
 
 Schema = dict[str, Any]
@@ -229,8 +231,42 @@ def _worker_schema() -> Schema:
             "last_seen_s": {"type": "number", "description": "Seconds since its last heartbeat."},
             "running": {"type": "integer", "description": "Tasks it holds a lease on."},
             "alive": {"type": "boolean"},
+            "state": {
+                "type": "string",
+                "enum": ["alive", "lost"],
+                "description": "lost: it missed 3 heartbeats (killed, hung or cut off).",
+            },
+            "busy": {"type": "integer", "description": "Tasks running in its children."},
+            "slots": {"type": "integer"},
+            "done": {"type": "integer", "description": "Tasks it finished since it started."},
+            "failed": {"type": "integer", "description": "Failed attempts since it started."},
+            "cpu_percent": {"type": "number", "description": "Itself and its children."},
+            "rss_mb": {"type": "number", "description": "Itself and its children."},
         },
-        "required": ["id", "name", "last_seen_s", "running", "alive"],
+        "required": ["id", "name", "last_seen_s", "running", "alive", "state"],
+    }
+
+
+def _task_logs_schema() -> Schema:
+    log = {
+        "type": "object",
+        "properties": {
+            "task": {"type": "string", "description": "Task index ('r': reduce)."},
+            "attempt": {"type": "integer", "minimum": 1},
+            "text": {"type": "string", "description": "stdout, stderr and logging, in order."},
+            "truncated": {"type": "boolean", "description": "Only head and tail were kept."},
+        },
+        "required": ["task", "attempt", "text", "truncated"],
+    }
+    return {
+        "type": "object",
+        "properties": {
+            "id": {"type": "string"},
+            "logs": {"type": "array", "items": log},
+            "next": {"type": ["integer", "null"], "minimum": 0},
+            "dropped": {"type": "integer", "minimum": 0},
+        },
+        "required": ["id", "logs", "next", "dropped"],
     }
 
 
@@ -334,6 +370,26 @@ def _int_query(name: str, default: int, lo: int, hi: int, description: str) -> S
     }
 
 
+def _text_query(name: str, max_len: int, description: str) -> Schema:
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "description": description,
+        "schema": {"type": "string", "maxLength": max_len},
+    }
+
+
+def _time_query(name: str, description: str) -> Schema:
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "description": f"{description} Epoch seconds.",
+        "schema": {"type": "number", "minimum": 0, "exclusiveMaximum": 1e11},
+    }
+
+
 def _operations() -> dict[str, dict[str, Schema]]:
     job_id = _job_id()
     public: list[Schema] = []
@@ -377,7 +433,7 @@ def _operations() -> dict[str, dict[str, Schema]]:
             },
             "get": {
                 "operationId": "listJobs",
-                "summary": "Jobs, newest first.",
+                "summary": "Jobs, newest first, filtered; `next` continues the scan.",
                 "parameters": [
                     _int_query("limit", 50, 1, LIST_LIMIT_MAX, "How many jobs to read."),
                     _int_query("offset", 0, 0, MAX_OFFSET, "How many of the newest to skip."),
@@ -385,9 +441,13 @@ def _operations() -> dict[str, dict[str, Schema]]:
                         "name": "state",
                         "in": "query",
                         "required": False,
-                        "description": "Keep only the jobs in this state (of the page read).",
+                        "description": "Only jobs in this state.",
                         "schema": {"type": "string", "enum": [s.value for s in JobState]},
                     },
+                    _text_query("name", 200, "Only jobs whose name contains this (any case)."),
+                    _text_query("q", 64, "Only jobs whose id starts with this."),
+                    _time_query("since", "Only jobs created at or after this time."),
+                    _time_query("until", "Only jobs created at or before this time."),
                 ],
                 "responses": {
                     "200": _json(_ref("schemas", "JobList"), "A page of jobs."),
@@ -451,10 +511,11 @@ def _operations() -> dict[str, dict[str, Schema]]:
                 "summary": "Server-sent events of a job until it ends.",
                 "description": (
                     "Stored events after `after` (or Last-Event-ID) are replayed, then live ones "
-                    "follow, with `progress` snapshots in between; the stream ends after a last "
-                    "`progress` event carrying the final job record. Each event has an `id` to "
-                    "resume from, an `event` type (job.submitted, job.running, task.started, "
-                    "task.succeeded, task.retrying, job.finished, progress, ...) and JSON `data`."
+                    "follow, with `job.progress` snapshots in between; the stream ends after a "
+                    "last `job.progress` event carrying the final job record. Each event has an "
+                    "`id` to resume from, an `event` type (job.submitted, job.started, "
+                    "task.started, task.succeeded, task.retrying, job.succeeded, job.progress, "
+                    "...; the module sje.events lists them all) and JSON `data`."
                 ),
                 "parameters": [
                     job_id,
@@ -487,6 +548,37 @@ def _operations() -> dict[str, dict[str, Schema]]:
                         "description": "An event stream (text/event-stream).",
                         "content": {"text/event-stream": {"schema": _event_schema()}},
                     },
+                    **_errors("BadRequest", "NotFound"),
+                },
+            }
+        },
+        "/api/v1/jobs/{job_id}/logs": {
+            "get": {
+                "operationId": "jobLogs",
+                "summary": "What the job's tasks printed and logged, per attempt.",
+                "description": (
+                    "With `task`: every stored attempt of that task. Without: the logs of the "
+                    "tasks that have any, by task index (reduce last) then attempt, `limit` "
+                    "tasks from `offset` (a page also ends after about 4 MiB of text); `next` "
+                    "is the offset of the next page. Each attempt keeps its first and last 32 "
+                    "KiB; a job keeps at most 10,000 logs and 32 MiB, and counts the logs "
+                    "refused beyond that in `dropped`."
+                ),
+                "parameters": [
+                    job_id,
+                    {
+                        "name": "task",
+                        "in": "query",
+                        "required": False,
+                        "description": "Only this task: its index (an index the job does "
+                        "not have has no logs), or r for the reduce step.",
+                        "schema": {"type": "string", "pattern": "^([0-9]+|r)$"},
+                    },
+                    _int_query("offset", 0, 0, MAX_OFFSET, "How many tasks with logs to skip."),
+                    _int_query("limit", 100, 1, LOGS_LIMIT_MAX, "Most tasks per page."),
+                ],
+                "responses": {
+                    "200": _json(_ref("schemas", "TaskLogs"), "The logs."),
                     **_errors("BadRequest", "NotFound"),
                 },
             }
@@ -673,8 +765,14 @@ def _schemas() -> dict[str, Schema]:
         "Job": _job_schema(),
         "JobList": {
             "type": "object",
-            "properties": {"jobs": {"type": "array", "items": _ref("schemas", "Job")}},
-            "required": ["jobs"],
+            "properties": {
+                "jobs": {"type": "array", "items": _ref("schemas", "Job")},
+                "next": {
+                    "type": ["integer", "null"],
+                    "description": "The offset to ask for next, or null at the end.",
+                },
+            },
+            "required": ["jobs", "next"],
         },
         "Results": _results_schema(),
         "Cancelled": {
@@ -706,6 +804,7 @@ def _schemas() -> dict[str, Schema]:
             },
             "required": ["entry", "job", "queued"],
         },
+        "TaskLogs": _task_logs_schema(),
         "Worker": _worker_schema(),
         "WorkerList": {
             "type": "object",
@@ -735,9 +834,13 @@ def _document_bytes() -> bytes:
                 "`Authorization: Bearer <token>`."
             ),
         },
-        "paths": {**_operations(), **_dlq_operations()},
+        "paths": {
+            **_operations(),
+            **view_operations(_job_id(), _int_query, _errors, _ref, _json, _event_schema()),
+            **_dlq_operations(),
+        },
         "components": {
-            "schemas": _schemas(),
+            "schemas": {**_schemas(), **view_schemas()},
             "responses": {name: body for name, (_status, body) in _ERROR_RESPONSES.items()},
             "securitySchemes": {
                 "bearer": {
@@ -754,3 +857,27 @@ def _document_bytes() -> bytes:
 
 async def openapi_json(request: Request) -> Response:
     return Response(_document_bytes(), media_type="application/json")
+
+
+def monitor_document() -> Schema:
+    """The monitor's document: the master's routes but submit, plus session and metrics."""
+    doc = document()
+    del doc["paths"]["/api/v1/jobs"]["post"]
+    doc["paths"].update(monitor_operations(_json, _errors))
+    doc["info"]["title"] = "SJE monitor API"
+    doc["info"]["description"] = (
+        "What the dashboard shows and does, for programs. Errors are "
+        '`{"error": {"code", "message"}}`. Every route but the health check and this document '
+        "needs `Authorization: Bearer <token>` (or a signed-in browser session, whose POST and "
+        "DELETE requests also carry X-SJE-CSRF)."
+    )
+    return doc
+
+
+@functools.cache
+def _monitor_bytes() -> bytes:
+    return orjson.dumps(monitor_document())
+
+
+async def monitor_openapi_json(request: Request) -> Response:
+    return Response(_monitor_bytes(), media_type="application/json")

@@ -29,6 +29,9 @@ class SchedulerLoop:
         reclaimed = await self.broker.reclaim_expired(self.max_redeliveries)
         expired = await self.broker.expire_jobs()
         await self.broker.prune_index()
+        lost = await self.broker.mark_lost_workers()
+        if lost:
+            log.warning("%d worker(s) missed their heartbeats and are marked lost", lost)
         if reclaimed:
             log.warning("reclaimed %d task(s) whose worker stopped renewing its lease", reclaimed)
         if promoted or expired:

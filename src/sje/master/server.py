@@ -14,7 +14,7 @@ from starlette.applications import Starlette
 from sje.broker.registry import open_broker
 from sje.config import MasterSettings, redact_url
 from sje.errors import ConfigError
-from sje.master.api import Api
+from sje.master.api import Api, BearerAuth
 from sje.master.scheduler import SchedulerLoop
 from sje.security import LOOPBACK_HOSTS, remember_token, resolve
 
@@ -90,7 +90,7 @@ class Master:
                 await loop_task
                 await broker.close()
 
-        app = Api(broker, s, secret.encode(), token).app()
+        app = Api(broker, s, secret.encode(), BearerAuth(token)).app()
         app.router.lifespan_context = lifespan
         # open event streams must not hold a stopping master hostage
         config = uvicorn.Config(

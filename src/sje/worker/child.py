@@ -2,7 +2,8 @@
 
 Frames on the pipe are ``header JSON + b"\\n" + body``. Parent to child: ``run`` (body: the
 task's JSON input), ``cancel``. Child to parent: ``ready`` / ``error`` at start, ``done``
-(body: the JSON result when ``ok``).
+(body: the JSON result when ``ok``; ``log``: what the attempt printed and logged, when it did,
+see ``sje.worker.capture``).
 """
 
 from __future__ import annotations
@@ -25,6 +26,13 @@ import orjson
 
 from sje.errors import SJEError
 from sje.tasks import Task, load_catalog
+from sje.worker.capture import (
+    FdCapture,
+    Log,
+    capture_task_output,
+    install_task_output,
+    keep_one_log_handler,
+)
 
 _PR_SET_PDEATHSIG = 1
 _CPU_GRACE_S = 2  # between SIGXCPU (soft limit) and SIGKILL (hard limit)
@@ -34,6 +42,10 @@ _START_LIMITS = (
     ("max_files", resource.RLIMIT_NOFILE, 1, "task-max-files"),
     ("nproc", resource.RLIMIT_NPROC, 1, "task-max-processes"),
 )
+
+
+#: a ``done`` frame's outcome fields (``ok``, ``error``) and body
+Outcome = tuple[dict[str, Any], bytes]
 
 
 def frame(header: dict[str, Any], body: bytes = b"") -> bytes:
@@ -192,11 +204,16 @@ class ChildRunner:
     """
 
     def __init__(
-        self, conn: Connection, catalog: dict[str, Task[Any]], cpu_seconds: int = 0
+        self,
+        conn: Connection,
+        catalog: dict[str, Task[Any]],
+        cpu_seconds: int = 0,
+        capture: FdCapture | None = None,
     ) -> None:
         self.conn = conn
         self.catalog = catalog
         self.cpu_seconds = cpu_seconds
+        self.capture = capture
         self._send_lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._running: dict[str, concurrent.futures.Future[None]] = {}
@@ -230,18 +247,45 @@ class ChildRunner:
             threading.Thread(target=self._loop.run_forever, name="sje-async", daemon=True).start()
         return self._loop
 
+    def _done(self, header: dict[str, Any], outcome: Outcome, log: Log | None) -> None:
+        done, body = outcome
+        reply = {"type": "done", "id": header["id"], **done}
+        if log is not None:
+            reply["log"] = log
+        self.send(reply, body)
+
     def run_sync(self, task: Task[Any], header: dict[str, Any], body: bytes) -> None:
+        if self.capture is None:
+            self._done(header, self._call_sync(task, header, body), None)
+            return
+        self.capture.start()
+        try:
+            outcome = self._call_sync(task, header, body)
+        finally:
+            log = self.capture.stop()
+        self._done(header, outcome, log)
+
+    def _call_sync(self, task: Task[Any], header: dict[str, Any], body: bytes) -> Outcome:
         try:
             args, kwargs = call_args(header["kind"], body)
             if header["kind"] == "chunk":
                 value: Any = [task.fn(item) for item in args[0]]
             else:
                 value = task.fn(*args, **kwargs)
-            self.send({"type": "done", "id": header["id"], "ok": True}, encode_result(task, value))
+            return {"ok": True}, encode_result(task, value)
         except Exception as exc:
-            self.send({"type": "done", "id": header["id"], "ok": False, "error": error_info(exc)})
+            return {"ok": False, "error": error_info(exc)}, b""
 
     async def run_async(self, task: Task[Any], header: dict[str, Any], body: bytes) -> None:
+        buffer = capture_task_output()  # this asyncio task's context only
+        try:
+            outcome = await self._call_async(task, header, body)
+        finally:
+            with contextlib.suppress(KeyError):
+                del self._running[header["id"]]
+        self._done(header, outcome, buffer.log())
+
+    async def _call_async(self, task: Task[Any], header: dict[str, Any], body: bytes) -> Outcome:
         timeout = header.get("timeout")
         try:
             args, kwargs = call_args(header["kind"], body)
@@ -250,16 +294,13 @@ class ChildRunner:
             else:
                 coro = task.fn(*args, **kwargs)
             value = await asyncio.wait_for(coro, timeout)
-            self.send({"type": "done", "id": header["id"], "ok": True}, encode_result(task, value))
+            return {"ok": True}, encode_result(task, value)
         except asyncio.TimeoutError:
             message = f"task timed out after {timeout}s"
             err = {"type": "TaskTimeout", "message": message, "traceback": ""}
-            self.send({"type": "done", "id": header["id"], "ok": False, "error": err})
+            return {"ok": False, "error": err}, b""
         except Exception as exc:
-            self.send({"type": "done", "id": header["id"], "ok": False, "error": error_info(exc)})
-        finally:
-            with contextlib.suppress(KeyError):
-                del self._running[header["id"]]
+            return {"ok": False, "error": error_info(exc)}, b""
 
 
 def _load(modules: list[str], spec: dict[str, Any]) -> dict[str, Task[Any]] | str:
@@ -279,19 +320,23 @@ def _load(modules: list[str], spec: dict[str, Any]) -> dict[str, Task[Any]] | st
 
 
 def child_main(conn: Connection, modules: list[str], spec: dict[str, Any] | None = None) -> None:
-    """Serve tasks on ``conn``: own process group, dies with its worker, isolated per ``spec``."""
+    """Serve tasks on ``conn``: own process group, dies with its worker, isolated per ``spec``;
+    plain tasks' output goes to the capture file ``spec["log_fd"]`` when given."""
     spec = spec or {}
     _die_with_parent()
     os.setpgid(0, 0)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    capture = FdCapture(int(spec["log_fd"])) if spec.get("log_fd") is not None else None
+    handler = install_task_output(capture)  # before task code, so its own logging setup wins
     catalog = _load(modules, spec)
     if isinstance(catalog, str):
         with contextlib.suppress(OSError):  # the worker may have given up on us already
             conn.send_bytes(frame({"type": "error", "message": catalog}))
         return
+    keep_one_log_handler(handler)
     conn.send_bytes(frame({"type": "ready", "pid": os.getpid()}))
-    ChildRunner(conn, catalog, int(spec.get("cpu_seconds") or 0)).serve()
+    ChildRunner(conn, catalog, int(spec.get("cpu_seconds") or 0), capture).serve()
 
 
 def main(argv: list[str]) -> None:

@@ -35,6 +35,7 @@ import psutil
 
 from sje.errors import WorkerError
 from sje.models import TaskMessage
+from sje.worker.capture import CaptureFile, Log
 from sje.worker.cgroups import ChildCgroup
 from sje.worker.child import frame, unframe
 from sje.worker.sandbox import Isolation, TaskLimits, prepare
@@ -70,10 +71,15 @@ class Child:
     is_closed: bool = False
     cgroup: ChildCgroup | None = None
     has_leftovers: bool = False  # its tasks left processes behind: replace it
+    capture: CaptureFile | None = None  # where its plain tasks' output goes
 
     @property
     def pid(self) -> int:
         return self.process.pid or 0
+
+    def captured(self) -> Log | None:
+        """What its plain task printed so far; read after killing it, before it is closed."""
+        return self.capture.read() if self.capture is not None else None
 
     def send(self, header: dict[str, Any], body: bytes = b"") -> None:
         with contextlib.suppress(OSError, ValueError):
@@ -201,13 +207,14 @@ class Pool:
         if isolation is None:
             raise RuntimeError("Pool.start() decides the isolation before any child starts")
         cgroup = self._new_cgroup(isolation)
+        capture = CaptureFile()
         parent_sock, child_sock = socket.socketpair()
         fd = child_sock.fileno()
-        spec = orjson.dumps(isolation.child_spec(cgroup)).decode()
+        spec = orjson.dumps({**isolation.child_spec(cgroup), "log_fd": capture.fd}).decode()
         argv = [sys.executable, "-m", "sje.worker.child", str(fd), orjson.dumps(sys.path).decode()]
         process = subprocess.Popen(
             [*argv, spec, *self.modules],
-            pass_fds=[fd],
+            pass_fds=[fd, capture.fd],
             env=isolation.child_env(os.environ),
         )
         self._own[process.pid] = None
@@ -237,8 +244,9 @@ class Pool:
             self._own.pop(process.pid, None)
             self._forget_cgroup(cgroup)
             parent_end.close()
+            capture.close()
             raise WorkerError(f"A child process failed to start: {header['message']}")
-        child = Child(process, parent_end, cgroup=cgroup)
+        child = Child(process, parent_end, cgroup=cgroup, capture=capture)
         self._own[process.pid] = child
         loop.add_reader(parent_end.fileno(), self._readable, child)
         return child
@@ -278,6 +286,8 @@ class Pool:
         self._forget_cgroup(child.cgroup)
         child.conn.close()
         self.on_frame(child, None, b"")
+        if child.capture is not None:
+            child.capture.close()  # after on_frame: it reads what a dead child's task printed
 
     async def replace(self, child: Child) -> None:
         """Kill ``child`` (if alive) and start a fresh one in its place."""
@@ -309,6 +319,7 @@ class Pool:
                 self.reap_orphans()
                 if sweeps % _WATCHDOG_EVERY == 0:
                     self._enforce_process_limit()
+                    self._trim_captures()
                 failing = False
             except Exception:
                 if not failing:  # once per outage, not every sweep
@@ -353,6 +364,12 @@ class Pool:
                     limit,
                 )
                 child.kill()
+
+    def _trim_captures(self) -> None:
+        """Keep the disk a loud plain task's capture file uses bounded (see CaptureFile.trim)."""
+        for child in self.children:
+            if child.tasks and not child.is_async and child.capture is not None:
+                child.capture.trim()
 
     # -- slots and dispatch ----------------------------------------------------------------
 

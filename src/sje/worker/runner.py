@@ -29,6 +29,7 @@ from sje.tasks import Task, load_catalog
 from sje.worker.intake import DEAD_LETTER_TYPES, Intake
 from sje.worker.pool import Child, Pool
 from sje.worker.sandbox import TaskLimits, death_hint
+from sje.worker.stats import WorkerStats
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -64,6 +65,7 @@ class Worker:
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._forced = asyncio.Event()
+        self.stats = WorkerStats(settings.concurrency)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -104,7 +106,10 @@ class Worker:
         await self.pool.start()
         try:
             await self.broker.register_worker(
-                self.id, self.info(), {n: t.defaults for n, t in self.catalog.items()}
+                self.id,
+                self.info(),
+                {n: t.defaults for n, t in self.catalog.items()},
+                self.lost_after,
             )
             if on_ready:
                 on_ready(self)
@@ -119,6 +124,11 @@ class Worker:
         finally:
             await self.pool.stop()
             await self.broker.close()
+
+    @property
+    def lost_after(self) -> float:
+        """Seconds without a heartbeat after which this worker counts as lost."""
+        return max(3 * self.settings.heartbeat_interval, 5.0)
 
     def info(self) -> dict[str, Any]:
         s = self.settings
@@ -237,7 +247,8 @@ class Worker:
         if running is None:
             return  # aborted meanwhile (lost lease or cancelled job)
         result = body if header["ok"] else None
-        self._background_run(self._report(running.message, result, header.get("error")))
+        task_log = header.get("log")
+        self._background_run(self._report(running.message, result, header.get("error"), task_log))
         if self.pool.needs_retirement(child):
             self._background_run(self.pool.replace(child))
         self._dispatch_waiting()
@@ -253,19 +264,26 @@ class Worker:
                 "type": "ChildCrashed",
                 "message": f"the child process running this task died ({how}); {hint}",
             }
-            self._background_run(self._report(running.message, None, error))
+            task_log = None if running.is_async else child.captured()
+            self._background_run(self._report(running.message, None, error, task_log))
         child.tasks.clear()
         if not self._stopping.is_set():
             self._background_run(self.pool.replace(child))
 
     async def _report(
-        self, message: TaskMessage, result: bytes | None, error: dict[str, Any] | None
+        self,
+        message: TaskMessage,
+        result: bytes | None,
+        error: dict[str, Any] | None,
+        task_log: dict[str, Any] | None = None,
     ) -> None:
         self._storing.add(message.id)
         try:
             if result is not None:
-                await self._complete(message, result)
+                self.stats.done += 1
+                await self._complete(message, result, task_log)
             else:
+                self.stats.failed += 1
                 error = {**(error or {}), "attempt": message.attempt, "worker": self.name}
                 if error.get("type") in DEAD_LETTER_TYPES:
                     call = lambda: self.broker.dead_letter(message.id, self.id, error)  # noqa: E731
@@ -274,7 +292,7 @@ class Worker:
                         message.attempt, message.retries, message.backoff, message.backoff_max
                     )
                     call = lambda: self.broker.fail(message.id, self.id, error, delay)  # noqa: E731
-                status = await self._store(call)
+                status = await self._store(self._log_first(message, task_log, call))
                 log.info(
                     "task %s attempt %d failed (%s): %s",
                     message.id,
@@ -286,21 +304,62 @@ class Worker:
             self._storing.discard(message.id)
             self._wake.set()
 
-    async def _complete(self, message: TaskMessage, result: bytes) -> None:
+    async def _complete(
+        self, message: TaskMessage, result: bytes, task_log: dict[str, Any] | None = None
+    ) -> None:
         """Store a result and, in the same round trip, fetch work for the freed slot."""
         s = self.settings
         n = self._claimable()
         self._reserved += n
         try:
             _, messages = await self._store(
-                lambda: self.broker.complete_and_fetch(
-                    message.id, self.id, result, n, s.queues, s.lease_timeout
+                self._log_first(
+                    message,
+                    task_log,
+                    lambda: self.broker.complete_and_fetch(
+                        message.id, self.id, result, n, s.queues, s.lease_timeout
+                    ),
                 )
             )
         finally:
             self._reserved -= n
         for fetched in messages:
             self._start(fetched)
+
+    def _log_first(
+        self, message: TaskMessage, task_log: Any, call: Callable[[], Awaitable[T]]
+    ) -> Callable[[], Awaitable[T]]:
+        """``call`` (storing an outcome) preceded by storing the attempt's log, for ``_store``.
+
+        The outcome makes the job visible as finished, so the log goes first. Through an
+        outage both are retried together; a log that fails while its outcome lands is given
+        up (with a warning) rather than holding the outcome back.
+        """
+        if not isinstance(task_log, dict):
+            return call  # a silent attempt: no extra round trip
+        pending = [task_log]
+
+        async def log_then_call() -> T:
+            problem = None
+            if pending:
+                try:
+                    await self.broker.logs.store(
+                        message.job_id, message.index, message.attempt, pending[0]
+                    )
+                    pending.clear()
+                except BrokerError as exc:
+                    problem = exc
+            value = await call()
+            if problem is not None:
+                log.warning(
+                    "task %s attempt %d: its log was not stored: %s",
+                    message.id,
+                    message.attempt,
+                    problem,
+                )
+            return value
+
+        return log_then_call
 
     async def _store(self, call: Callable[[], Awaitable[T]]) -> T:
         """Retry storing an outcome through broker outages until it lands or we are forced out."""
@@ -334,8 +393,13 @@ class Worker:
         while True:
             ids = [r.message.id for _, r in self.pool.running()]
             ids += [m.id for m, _, _ in self._waiting] + list(self._storing)
+            running = self.pool.running()
+            pids = [c.pid for c in self.pool.children]
+            stats = self.stats.snapshot(len(running), pids)
             try:
-                lost = await self.broker.renew(self.id, ids, s.lease_timeout)
+                lost = await self.broker.renew(
+                    self.id, ids, s.lease_timeout, stats, self.lost_after
+                )
             except BrokerError as exc:
                 log.error("heartbeat failed: %s", exc)
                 lost = []
@@ -372,7 +436,8 @@ class Worker:
                 others = [r.message.id for r in child.tasks.values()]
                 child.tasks.clear()
                 child.kill()
-                self._background_run(self._report(m, None, error))
+                task_log = None if running.is_async else child.captured()
+                self._background_run(self._report(m, None, error, task_log))
                 if others:
                     self._background_run(self._release(others))
             await asyncio.sleep(_TIMER_S)

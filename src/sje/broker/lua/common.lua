@@ -3,8 +3,11 @@
 -- the index being a number or "r" for the reduce step.
 local P = ARGV[1]
 local TERMINAL = {succeeded = true, failed = true, cancelled = true, timed_out = true}
-local SUFFIXES = {'', ':in', ':st', ':att', ':red', ':res', ':err', ':ev', ':jev'}
+local SUFFIXES = {'', ':in', ':st', ':att', ':red', ':res', ':err', ':ev', ':jev', ':t', ':w', ':d', ':log'}
 local EVENTS_MAXLEN = '10000'
+-- histogram bucket upper bounds (ms), as sje.events.HISTOGRAM_BOUNDS_MS; throughput slots
+local BOUNDS = {5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 300000}
+local SLOT_MS, SLOT_TTL_MS = 10000, 7200000
 
 local function now_ms()
   local t = redis.call('TIME')
@@ -52,6 +55,43 @@ local function global_event(etype, fields)
   redis.call(unpack(args))
 end
 
+-- Counters (P:stats, see docs/monitor.md). ``stats`` is a table field -> increment that the
+-- caller accumulates and flushes once, so a fetch of n tasks costs few writes.
+local function stat_add(stats, field, n)
+  stats[field] = (stats[field] or 0) + n
+end
+
+local function observe(stats, kind, queue, ms)
+  if ms < 0 then ms = 0 end
+  local label = '+Inf'
+  for _, b in ipairs(BOUNDS) do
+    if ms <= b then label = tostring(b) break end
+  end
+  stat_add(stats, kind .. '|' .. queue .. '|' .. label, 1)
+  stat_add(stats, kind .. '_sum|' .. queue, ms)
+end
+
+local function flush_stats(stats)
+  for field, n in pairs(stats) do redis.call('HINCRBY', P .. ':stats', field, n) end
+end
+
+-- A task outcome: counted by queue, and in the throughput slot of ``now`` (s or f).
+local function count_outcome(stats, queue, outcome, now)
+  stat_add(stats, 'tasks|' .. queue .. '|' .. outcome, 1)
+  local slot = P .. ':tp:' .. math.floor(now / SLOT_MS)
+  local sf = (outcome == 'succeeded') and 's' or 'f'
+  if redis.call('HINCRBY', slot, queue .. '|' .. sf, 1) == 1 then
+    redis.call('PEXPIRE', slot, SLOT_TTL_MS)
+  end
+end
+
+-- Milliseconds since the task's start (or ready) time in :t, or -1 when unknown.
+local function elapsed(jid, idx, now)
+  local t = tonumber(redis.call('HGET', jkey(jid, ':t'), idx) or '')
+  if not t then return -1 end
+  return now - t
+end
+
 -- Wake up to 16 blocked workers of a queue; surplus tokens only cost an empty fetch.
 local function wake(queue, n)
   local key = P .. ':wake:' .. queue
@@ -62,9 +102,13 @@ local function wake(queue, n)
   redis.call('LTRIM', key, 0, 15)
 end
 
-local function requeue_front(jid, member)
+-- Back to the front of its queue (a release or a redelivery), ready from now.
+local function requeue_front(jid, member, reason, worker, now)
   local f = redis.call('HMGET', jkey(jid), 'queue', 'priority')
   redis.call('ZADD', qkey(f[1]), score(f[2], 0), member)
+  local _, idx = split_id(member)
+  redis.call('HSET', jkey(jid, ':t'), idx, now)
+  job_event(jid, 'task.queued', {'task', idx, 'reason', reason, 'worker', worker})
   wake(f[1], 1)
 end
 
@@ -96,8 +140,10 @@ local function finish_job(jid, state, now, err)
     redis.call('HINCRBY', jk, 'c_cancelled', moved)
   end
   redis.call('ZREM', P .. ':deadlines', jid)
-  job_event(jid, 'job.finished', {'state', state})
-  global_event('job.finished', {'job', jid, 'state', state})
+  redis.call('ZREM', P .. ':active', jid)
+  redis.call('HINCRBY', P .. ':stats', 'jobs|' .. state, 1)
+  job_event(jid, 'job.' .. state, {'state', state})
+  global_event('job.' .. state, {'job', jid, 'state', state})
   local f = redis.call('HMGET', jk, 'result_ttl_ms', 'idem')
   local ttl = tonumber(f[1])
   for _, s in ipairs(SUFFIXES) do redis.call('PEXPIRE', jkey(jid, s), ttl) end
@@ -134,7 +180,7 @@ end
 
 -- A task failed for good (state 'failed': its code raised on every attempt; 'dead': it could
 -- not be run): record it, dead-letter it and fail its job fast (pending tasks are dropped).
-local function fail_task(jid, idx, err, now, state)
+local function fail_task(jid, idx, err, now, state, dur)
   local jk = jkey(jid)
   local tid = jid .. ':' .. idx
   redis.call('HSET', jkey(jid, ':st'), idx, state)
@@ -142,9 +188,21 @@ local function fail_task(jid, idx, err, now, state)
   redis.call('HINCRBY', jk, 'c_' .. state, 1)
   local f = redis.call('HMGET', jk, 'task', 'reduce', 'queue')
   local attempt = tonumber(redis.call('HGET', jkey(jid, ':att'), idx) or '0')
+  local worker = redis.call('HGET', jkey(jid, ':w'), idx) or ''
+  local stats = {}
+  count_outcome(stats, f[3], state, now)
+  flush_stats(stats)
   dlq_add(tid, {job = jid, task = idx, name = (idx == 'r') and f[2] or f[1], queue = f[3],
     state = state, attempt = attempt}, err, now)
-  job_event(jid, 'task.' .. state, {'task', idx})
+  local fields = {'task', idx, 'attempt', attempt, 'worker', worker}
+  if dur then
+    fields[#fields + 1] = 'duration_ms'
+    fields[#fields + 1] = dur
+  end
+  job_event(jid, 'task.' .. state, fields)
+  table.insert(fields, 1, jid)
+  table.insert(fields, 1, 'job')
+  global_event('task.' .. state, fields)
   drop_pending(jid)
   finish_job(jid, 'failed', now,
     cjson.encode({task = idx, dead_letter = tid, error = cjson.decode(err)}))

@@ -14,13 +14,28 @@ if owner ~= wid or redis.call('HGET', jkey(jid, ':st'), idx) ~= 'running' then r
 local now = now_ms()
 drop_lease(member)
 redis.call('HINCRBY', jk, 'c_running', -1)
+local dur = math.max(elapsed(jid, idx, now), 0)
+redis.call('HSET', jkey(jid, ':d'), idx, dur)
+local stats = {}
+local queue = redis.call('HGET', jk, 'queue')
+observe(stats, 'dur', queue, dur)
 if delay >= 0 then
   redis.call('HSET', jkey(jid, ':err'), idx, err)
   redis.call('HSET', jkey(jid, ':st'), idx, 'retrying')
+  redis.call('HSET', jkey(jid, ':t'), idx, now + delay)  -- ready again then
   redis.call('HINCRBY', jk, 'c_retrying', 1)
   redis.call('ZADD', P .. ':delayed', now + delay, member)
-  job_event(jid, 'task.retrying', {'task', idx, 'worker', wid, 'delay_ms', delay})
+  stat_add(stats, 'tasks|' .. queue .. '|retried', 1)
+  flush_stats(stats)
+  local attempt = redis.call('HGET', jkey(jid, ':att'), idx) or '0'
+  local fields = {'task', idx, 'attempt', attempt, 'worker', wid, 'duration_ms', dur,
+    'delay_ms', delay}
+  job_event(jid, 'task.retrying', fields)
+  table.insert(fields, 1, jid)
+  table.insert(fields, 1, 'job')
+  global_event('task.retrying', fields)
   return 'retry'
 end
-fail_task(jid, idx, err, now, final)
+flush_stats(stats)
+fail_task(jid, idx, err, now, final, dur)
 return final

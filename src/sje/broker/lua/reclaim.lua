@@ -22,8 +22,7 @@ for _, member in ipairs(expired) do
     else
       redis.call('HSET', jkey(jid, ':st'), idx, 'queued')
       redis.call('HINCRBY', jk, 'c_queued', 1)
-      requeue_front(jid, member)
-      job_event(jid, 'task.redelivered', {'task', idx, 'worker', owner})
+      requeue_front(jid, member, 'redelivered', owner, now)
     end
   end
 end

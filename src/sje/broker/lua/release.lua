@@ -2,6 +2,7 @@
 -- A worker hands tasks back (shutdown): they go to the front of their queue at once and the
 -- attempt does not count.
 local wid = ARGV[2]
+local now = now_ms()
 local n = 0
 for i = 3, #ARGV do
   local member = ARGV[i]
@@ -15,8 +16,7 @@ for i = 3, #ARGV do
       redis.call('HINCRBY', jkey(jid, ':att'), idx, -1)
       redis.call('HINCRBY', jk, 'c_running', -1)
       redis.call('HINCRBY', jk, 'c_queued', 1)
-      requeue_front(jid, member)
-      job_event(jid, 'task.released', {'task', idx, 'worker', wid})
+      requeue_front(jid, member, 'released', wid, now)
       n = n + 1
     end
   end

@@ -1,14 +1,16 @@
--- ARGV: P, entry_id
--- Requeue a dead-letter entry: its failed job is reopened and every task of it that has not
--- succeeded is queued again (failed and dead ones with fresh attempt counts); their entries
--- leave the dead-letter queue. Returns {status, job_id, tasks_queued} with status
--- ok | missing (no such entry) | orphan (no job) | expired (job record gone) | <job state>.
-local id = ARGV[2]
-local raw = redis.call('HGET', P .. ':dlq:e', id)
-if not raw then return {'missing', '', 0} end
-local entry = cjson.decode(raw)
-local jid = entry.job
-if not jid then return {'orphan', '', 0} end
+-- ARGV: P, entry_id[, job_id]
+-- Requeue a dead-letter entry (or, given a job id, that failed job): the job is reopened and
+-- every task of it that has not succeeded is queued again (failed and dead ones with fresh
+-- attempt counts); their entries leave the dead-letter queue. Returns {status, job_id,
+-- tasks_queued} with status ok | missing (no such entry) | orphan (no job) | expired (job
+-- record gone) | <job state>.
+local id, jid = ARGV[2], ARGV[3]
+if not jid or jid == '' then
+  local raw = redis.call('HGET', P .. ':dlq:e', id)
+  if not raw then return {'missing', '', 0} end
+  jid = cjson.decode(raw).job
+  if not jid then return {'orphan', '', 0} end
+end
 local jk = jkey(jid)
 local f = redis.call('HMGET', jk, 'state', 'n', 'queue', 'priority', 'reduce', 'remaining', 'idem')
 if not f[1] then return {'expired', jid, 0} end
@@ -34,6 +36,7 @@ for _, idx in ipairs(indices) do
     end
     drop_lease(member)
     redis.call('HSET', jkey(jid, ':st'), idx, 'queued')
+    redis.call('HSET', jkey(jid, ':t'), idx, now)
     redis.call('ZADD', qkey(queue), score(prio, seq + queued), member)
     queued = queued + 1
   end
@@ -41,6 +44,7 @@ end
 redis.call('HSET', jk, 'state', 'running', 'c_queued', queued, 'c_running', 0, 'c_retrying', 0,
   'c_failed', 0, 'c_dead', 0, 'c_cancelled', 0)
 redis.call('HDEL', jk, 'finished_at', 'error')
+redis.call('ZADD', P .. ':active', tonumber(redis.call('HGET', jk, 'created_at')), jid)
 job_event(jid, 'job.requeued', {'tasks', queued})
 global_event('job.requeued', {'job', jid, 'tasks', queued})
 wake(queue, queued)

@@ -37,6 +37,9 @@ for start = 0, n - 1, 1000 do
 end
 redis.call('PERSIST', jkey(jid, ':in'))
 redis.call('ZADD', P .. ':jobs', now, jid)
+redis.call('ZADD', P .. ':active', now, jid)
+redis.call('SADD', P .. ':queues', queue)
+redis.call('HINCRBY', P .. ':stats', 'jobs|submitted', 1)
 if job_timeout_ms > 0 then redis.call('ZADD', P .. ':deadlines', now + job_timeout_ms, jid) end
 if idem ~= '' then redis.call('SET', P .. ':idem:' .. idem, jid .. '|' .. idem_hash) end
 job_event(jid, 'job.submitted', {'tasks', n})

@@ -6,7 +6,7 @@
 -- Entries that name no stored task go to the dead-letter queue.
 local function fetch_tasks(wid, lease_ms, n, queues)
   local now = now_ms()
-  local out, got, jobs = {}, 0, {}
+  local out, got, jobs, stats = {}, 0, {}, {}
   for _, queue in ipairs(queues) do
     local q = qkey(queue)
     while got < n do
@@ -20,7 +20,7 @@ local function fetch_tasks(wid, lease_ms, n, queues)
           job = jobs[jid]
           if job == nil then
             job = redis.call('HMGET', jkey(jid), 'state', 'task', 'kind', 'retries', 'backoff',
-              'backoff_max', 'timeout', 'reduce', 'n', 'sig_r')
+              'backoff_max', 'timeout', 'reduce', 'n', 'sig_r', 'created_at')
             jobs[jid] = job
           end
         end
@@ -34,6 +34,11 @@ local function fetch_tasks(wid, lease_ms, n, queues)
         elseif not TERMINAL[job[1]] then
           local jk = jkey(jid)
           local attempt = redis.call('HINCRBY', jkey(jid, ':att'), idx, 1)
+          local ready = tonumber(redis.call('HGET', jkey(jid, ':t'), idx) or job[11])
+          local wait = math.max(0, now - ready)
+          redis.call('HSET', jkey(jid, ':t'), idx, now)
+          redis.call('HSET', jkey(jid, ':w'), idx, wid)
+          observe(stats, 'wait', queue, wait)
           redis.call('HSET', jkey(jid, ':st'), idx, 'running')
           redis.call('ZADD', P .. ':leases', now + lease_ms, member)
           redis.call('HSET', P .. ':owner', member, wid)
@@ -42,7 +47,8 @@ local function fetch_tasks(wid, lease_ms, n, queues)
           if job[1] == 'pending' then
             redis.call('HSET', jk, 'state', 'running', 'started_at', now)
             job[1] = 'running'
-            job_event(jid, 'job.running', {})
+            job_event(jid, 'job.started', {})
+            global_event('job.started', {'job', jid})
           end
           local task, kind, payload = job[2], job[3], nil
           if idx == 'r' then
@@ -54,12 +60,14 @@ local function fetch_tasks(wid, lease_ms, n, queues)
           out[#out + 1] = cjson.encode({task, kind, attempt, job[4], job[5], job[6], job[7]})
           out[#out + 1] = payload or ''
           got = got + 1
-          job_event(jid, 'task.started', {'task', idx, 'attempt', attempt, 'worker', wid})
+          job_event(jid, 'task.started',
+            {'task', idx, 'attempt', attempt, 'worker', wid, 'wait_ms', wait})
         end
       end
     end
     if got >= n then break end
   end
+  flush_stats(stats)
   return out
 end
 
@@ -87,7 +95,17 @@ local function complete_task(member, wid, result)
   redis.call('HINCRBY', jk, 'c_succeeded', 1)
   redis.call('HSET', jkey(jid, ':st'), idx, 'succeeded')
   redis.call('HSET', jkey(jid, ':res'), idx, result)
-  job_event(jid, 'task.succeeded', {'task', idx, 'worker', wid})
+  local dur = elapsed(jid, idx, now)
+  local stats = {}
+  if dur >= 0 then
+    redis.call('HSET', jkey(jid, ':d'), idx, dur)
+    observe(stats, 'dur', queue, dur)
+  end
+  count_outcome(stats, queue, 'succeeded', now)
+  flush_stats(stats)
+  local attempt = redis.call('HGET', jkey(jid, ':att'), idx) or '0'
+  job_event(jid, 'task.succeeded',
+    {'task', idx, 'attempt', attempt, 'worker', wid, 'duration_ms', math.max(dur, 0)})
   if idx == 'r' then
     finish_job(jid, 'succeeded', now, nil)
     return 'ok'
@@ -97,7 +115,7 @@ local function complete_task(member, wid, result)
     if reduce and reduce ~= '' then
       redis.call('HSET', jkey(jid, ':st'), 'r', 'queued')
       redis.call('HINCRBY', jk, 'c_queued', 1)
-      requeue_front(jid, jid .. ':r')
+      requeue_front(jid, jid .. ':r', 'reduce', '', now)
       job_event(jid, 'job.reducing', {})
     else
       finish_job(jid, 'succeeded', now, nil)

@@ -1,0 +1,434 @@
+"""Read-side aggregates for the monitor on Redis: overview, filtered job pages, per-task tables,
+timelines, queues and the counters behind ``/metrics`` (see ``docs/monitor.md``).
+
+Everything is bounded per call (pages, scan budgets, pipelines), so a store with 100,000 tasks
+answers as fast as one with ten.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from sje.events import SLOT_S
+from sje.models import JobState
+
+if TYPE_CHECKING:
+    from sje.broker.redis import RedisBroker
+
+#: job ids a jobs query looks at per call before it returns a ``next`` offset
+SCAN_BUDGET = 20_000
+_SCAN_BATCH = 500
+#: unfinished jobs whose counters the per-queue gauges sum, at most
+ACTIVE_BUDGET = 5_000
+_PRIO_BAND = 10**13
+_UNFINISHED = ("queued", "running", "retrying")
+#: rates are measured over this many seconds of full throughput slots
+RATE_WINDOW_S = 60
+
+
+@dataclass(frozen=True, slots=True)
+class JobQuery:
+    """Filters of a jobs page; ``None`` means any."""
+
+    state: str | None = None
+    name: str | None = None
+    since_ms: int | None = None
+    until_ms: int | None = None
+    id_prefix: str | None = None
+
+    @property
+    def is_filtered(self) -> bool:
+        return bool(self.state or self.name or self.id_prefix)
+
+
+@dataclass
+class Snapshot:
+    """The counters and gauges ``/metrics`` shows, read in one go."""
+
+    stats: dict[str, int]
+    depths: dict[str, int]
+    unfinished: dict[str, dict[str, int]]
+    workers: list[dict[str, Any]]
+    dead_letters: int
+    queues: list[str] = field(default_factory=list)
+
+
+def _s(value: bytes | None) -> str:
+    return value.decode() if value is not None else ""
+
+
+class RedisViews:
+    def __init__(self, broker: RedisBroker) -> None:
+        self._b = broker
+
+    @property
+    def _r(self) -> Any:
+        return self._b.client
+
+    def _k(self, *parts: str) -> str:
+        return self._b.key(*parts)
+
+    # -- counters ---------------------------------------------------------------------------
+
+    async def stats(self) -> dict[str, int]:
+        with self._b.guard():
+            raw = await self._r.hgetall(self._k("stats"))
+        return {k.decode(): int(v) for k, v in raw.items()}
+
+    async def queue_names(self) -> list[str]:
+        """Queues jobs were submitted to, and those workers serve."""
+        with self._b.guard():
+            pipe = self._r.pipeline(transaction=False)
+            pipe.smembers(self._k("queues"))
+            pipe.hvals(self._k("workers"))
+            submitted, infos = await pipe.execute()
+        names = {q.decode() for q in submitted}
+        for info in infos:
+            names.update(str(q) for q in orjson.loads(info).get("queues", []))
+        return sorted(names)
+
+    async def depths(self, queues: list[str]) -> dict[str, int]:
+        with self._b.guard():
+            pipe = self._r.pipeline(transaction=False)
+            for q in queues:
+                pipe.zcard(self._k("q", q))
+            return {q: int(n) for q, n in zip(queues, await pipe.execute(), strict=True)}
+
+    async def throughput(
+        self, window_s: int, by_queue_s: int = 0
+    ) -> tuple[list[dict[str, Any]], dict[str, dict[str, int]]]:
+        """Tasks succeeded and failed per slot (``SLOT_S`` seconds) over the last ``window_s``,
+        oldest first, the current (partial) slot last; and by queue over the current slot and
+        the ``by_queue_s`` seconds before it (one read-only script, however long the window)."""
+        now = await self._b.server_time()
+        last = int(now // SLOT_S)
+        count = max(1, window_s // SLOT_S)
+        first = last - count + 1
+        full = by_queue_s // SLOT_S  # whole slots before the current one
+        totals, queues = await self._b.run_script("throughput", first, count, last - full, last)
+        series = [
+            {
+                "t": (first + i) * SLOT_S,
+                "succeeded": int(totals[2 * i]),
+                "failed": int(totals[2 * i + 1]),
+            }
+            for i in range(count)
+        ]
+        by_queue = {
+            queues[i].decode(): {"succeeded": int(queues[i + 1]), "failed": int(queues[i + 2])}
+            for i in range(0, len(queues), 3)
+        }
+        return series, by_queue
+
+    async def unfinished(self) -> dict[str, dict[str, int]]:
+        """Queued, running and retrying tasks of unfinished jobs, by queue (one read-only
+        script over at most ``ACTIVE_BUDGET`` jobs)."""
+        raw = await self._b.run_script("unfinished", ACTIVE_BUDGET)
+        return {
+            raw[i].decode(): dict(zip(_UNFINISHED, map(int, raw[i + 1 : i + 4]), strict=True))
+            for i in range(0, len(raw), 4)
+        }
+
+    async def snapshot(self) -> Snapshot:
+        queues = await self.queue_names()
+        with self._b.guard():
+            dead = int(await self._r.zcard(self._k("dlq")))
+        return Snapshot(
+            stats=await self.stats(),
+            depths=await self.depths(queues),
+            unfinished=await self.unfinished(),
+            workers=await self._b.workers(),
+            dead_letters=dead,
+            queues=queues,
+        )
+
+    async def overview(self, window_s: int) -> dict[str, Any]:
+        snap = await self.snapshot()
+        now = await self._b.server_time()
+        series, _ = await self.throughput(window_s)
+        recent = series[-(RATE_WINDOW_S // SLOT_S + 1) :]
+        span = rate_span(now, len(recent))
+        totals = dict.fromkeys(("succeeded", "failed", "dead", "retried"), 0)
+        for key, n in snap.stats.items():
+            kind, _, outcome = key.rpartition("|")
+            if kind.startswith("tasks|") and outcome in totals:
+                totals[outcome] += n
+        with self._b.guard():
+            active = int(await self._r.zcard(self._k("active")))
+        jobs = {
+            s: snap.stats.get(f"jobs|{s}", 0)
+            for s in ("submitted", "succeeded", "failed", "cancelled", "timed_out")
+        }
+        alive = [w for w in snap.workers if w["state"] == "alive"]
+        return {
+            "jobs": {**jobs, "active": active},
+            "tasks": totals,
+            "rates": {
+                "succeeded_per_s": round(sum(s["succeeded"] for s in recent) / span, 3),
+                "failed_per_s": round(sum(s["failed"] for s in recent) / span, 3),
+            },
+            "series": series,
+            "queues": [{"name": q, "depth": snap.depths[q]} for q in snap.queues],
+            "workers": {
+                "alive": len(alive),
+                "lost": len(snap.workers) - len(alive),
+                "busy": sum(int(w.get("busy", w.get("running", 0))) for w in alive),
+                "slots": sum(int(w.get("concurrency", 0)) for w in alive),
+            },
+            "dead_letters": snap.dead_letters,
+        }
+
+    # -- jobs -------------------------------------------------------------------------------
+
+    async def find_jobs(
+        self, query: JobQuery, limit: int, offset: int
+    ) -> tuple[list[dict[str, str]], int | None]:
+        """Jobs matching ``query``, newest first, from ``offset`` in the (time-filtered) index;
+        returns (rows, the offset to continue from or None at the end)."""
+        if query.id_prefix and len(query.id_prefix) == 32 and offset == 0:
+            exact = await self._b.job(query.id_prefix)
+            created = int((exact or {}).get("created_at") or 0)
+            in_range = (query.since_ms or 0) <= created <= (query.until_ms or created)
+            if exact is not None and in_range and self._matches(query, exact):
+                return [{"id": query.id_prefix, **exact}], None
+        hi = "+inf" if query.until_ms is None else str(query.until_ms)
+        lo = "-inf" if query.since_ms is None else str(query.since_ms)
+        found: list[str] = []
+        scanned = 0
+        while len(found) < limit and scanned < SCAN_BUDGET:
+            batch = limit - len(found) if not query.is_filtered else _SCAN_BATCH
+            with self._b.guard():
+                ids = await self._r.zrevrangebyscore(
+                    self._k("jobs"), hi, lo, start=offset + scanned, num=batch
+                )
+            if not ids:
+                return await self._rows(found), None
+            matched, used = await self._filter(query, [i.decode() for i in ids], limit - len(found))
+            found += matched
+            scanned += used
+            if used < len(ids):
+                break
+        return await self._rows(found), offset + scanned
+
+    async def _filter(self, query: JobQuery, ids: list[str], room: int) -> tuple[list[str], int]:
+        """(matching ids, how many of ``ids`` were looked at) with at most ``room`` matches."""
+        if query.id_prefix:
+            ids_ok = [i.startswith(query.id_prefix) for i in ids]
+        else:
+            ids_ok = [True] * len(ids)
+        rows: list[Any] = [None] * len(ids)
+        if query.state or query.name:
+            with self._b.guard():
+                pipe = self._r.pipeline(transaction=False)
+                for jid in ids:
+                    pipe.hmget(self._k("job", jid), "state", "name")
+                rows = await pipe.execute()
+        matched: list[str] = []
+        for pos, (jid, ok, row) in enumerate(zip(ids, ids_ok, rows, strict=True)):
+            job = {"state": _s(row[0]), "name": _s(row[1])} if row is not None else None
+            if ok and (job is None or self._matches(query, job)):
+                matched.append(jid)
+                if len(matched) == room:
+                    return matched, pos + 1
+        return matched, len(ids)
+
+    @staticmethod
+    def _matches(query: JobQuery, job: dict[str, str]) -> bool:
+        if query.state and job.get("state") != query.state:
+            return False
+        return not query.name or query.name.lower() in (job.get("name") or "").lower()
+
+    async def _rows(self, ids: list[str]) -> list[dict[str, str]]:
+        with self._b.guard():
+            pipe = self._r.pipeline(transaction=False)
+            for jid in ids:
+                pipe.hgetall(self._k("job", jid))
+            rows = await pipe.execute()
+        return [
+            {"id": jid, **{k.decode(): v.decode() for k, v in row.items()}}
+            for jid, row in zip(ids, rows, strict=True)
+            if row
+        ]
+
+    # -- one job ------------------------------------------------------------------------------
+
+    async def tasks(
+        self, job_id: str, job: dict[str, str], state: str | None, offset: int, limit: int
+    ) -> tuple[int, list[dict[str, Any]]]:
+        """(how many tasks match, one page of rows) of a job's per-task table."""
+        n = int(job.get("n", "0"))
+        total = n + (1 if job.get("reduce") else 0)
+        finished = JobState(job["state"]).is_terminal
+        if state:
+            states = await self._task_states(job_id, state)
+            every = [str(i) for i in range(n)] + (["r"] if job.get("reduce") else [])
+            indices = [i for i in every if _shown_state(states.get(i, "queued"), finished) == state]
+            total, page = len(indices), indices[offset : offset + limit]
+        else:
+            page = [str(i) if i < n else "r" for i in range(offset, min(total, offset + limit))]
+        if not page:
+            return total, []
+        with self._b.guard():
+            pipe = self._r.pipeline(transaction=False)
+            for suffix in ("st", "att", "d", "w", "err"):
+                pipe.hmget(self._k("job", job_id, suffix), page)
+            st, att, dur, wid, err = await pipe.execute()
+        rows = []
+        for pos, idx in enumerate(page):
+            error = orjson.loads(err[pos]) if err[pos] else None
+            rows.append(
+                {
+                    "index": idx,
+                    "state": _shown_state(_s(st[pos]) or "queued", finished),
+                    "attempts": int(att[pos] or 0),
+                    "duration_s": int(dur[pos]) / 1000 if dur[pos] else None,
+                    "worker": _s(wid[pos]) or None,
+                    "error": {"type": error.get("type"), "message": error.get("message")}
+                    if isinstance(error, dict)
+                    else None,
+                }
+            )
+        return total, rows
+
+    async def _task_states(self, job_id: str, state: str) -> dict[str, str]:
+        """Stored task states; for error states only the tasks that have an error."""
+        with self._b.guard():
+            if state in ("failed", "dead", "retrying"):
+                keys = await self._r.hkeys(self._k("job", job_id, "err"))
+                if not keys:
+                    return {}
+                values = await self._r.hmget(self._k("job", job_id, "st"), keys)
+                return {k.decode(): _s(v) or "queued" for k, v in zip(keys, values, strict=True)}
+            raw = await self._r.hgetall(self._k("job", job_id, "st"))
+        return {k.decode(): v.decode() for k, v in raw.items()}
+
+    async def timeline(self, job_id: str, limit: int) -> list[tuple[str, dict[str, str]]]:
+        """The newest ``limit`` events of a job, oldest first."""
+        with self._b.guard():
+            raw = await self._r.xrevrange(self._k("job", job_id, "ev"), count=limit)
+        return [
+            (i.decode(), {k.decode(): v.decode() for k, v in f.items()}) for i, f in reversed(raw)
+        ]
+
+    async def global_events(
+        self, after: str, block_ms: int | None, count: int = 1000
+    ) -> list[tuple[str, dict[str, str]]]:
+        with self._b.guard():
+            reply = await self._r.xread({self._k("events"): after}, count=count, block=block_ms)
+        return [
+            (i.decode(), {k.decode(): v.decode() for k, v in f.items()})
+            for _stream, entries in reply or []
+            for i, f in entries
+        ]
+
+    async def last_event_id(self) -> str:
+        with self._b.guard():
+            raw = await self._r.xrevrange(self._k("events"), count=1)
+        return raw[0][0].decode() if raw else "0-0"
+
+    # -- queues -------------------------------------------------------------------------------
+
+    async def queues(self, peek: int) -> dict[str, Any]:
+        names = await self.queue_names()
+        now = await self._b.server_time()
+        now_ms = int(now * 1000)
+        _, recent = await self.throughput(SLOT_S, RATE_WINDOW_S)
+        span = rate_span(now, RATE_WINDOW_S // SLOT_S + 1)
+        unfinished = await self.unfinished()
+        out = []
+        for name in names:
+            depth, heads, peeked = await self._queue_heads(name, peek)
+            ready = await self._ready_times([m for m, _ in heads + peeked])
+            waits = [now_ms - ready[m] for m, _ in heads + peeked if m in ready]
+            counts = unfinished.get(name, {})
+            done = recent.get(name, {})
+            out.append(
+                {
+                    "name": name,
+                    "depth": depth,
+                    "running": counts.get("running", 0),
+                    "retrying": counts.get("retrying", 0),
+                    "succeeded_per_s": round(done.get("succeeded", 0) / span, 3),
+                    "failed_per_s": round(done.get("failed", 0) / span, 3),
+                    "oldest_wait_s": round(max(waits) / 1000, 3) if waits else None,
+                    "peek": await self._peek_rows(peeked, ready, now_ms),
+                }
+            )
+        with self._b.guard():
+            dead = int(await self._r.zcard(self._k("dlq")))
+        return {"queues": out, "dead_letters": dead}
+
+    async def _queue_heads(
+        self, name: str, peek: int
+    ) -> tuple[int, list[tuple[str, float]], list[tuple[str, float]]]:
+        """(depth, the oldest entry of each priority band, the first ``peek`` entries)."""
+        q = self._k("q", name)
+        with self._b.guard():
+            pipe = self._r.pipeline(transaction=False)
+            pipe.zcard(q)
+            pipe.zrange(q, 0, peek - 1, withscores=True)
+            for band in range(10):
+                lo, hi = band * _PRIO_BAND, (band + 1) * _PRIO_BAND
+                pipe.zrangebyscore(q, lo, f"({hi}", start=0, num=1, withscores=True)
+            depth, peeked, *bands = await pipe.execute()
+        heads = [(m.decode(), s) for band in bands for m, s in band]
+        return int(depth), heads, [(m.decode(), s) for m, s in peeked]
+
+    async def _ready_times(self, members: list[str]) -> dict[str, int]:
+        """When each queued task became ready (ms): its ``:t`` or its job's creation."""
+        pairs = [m.partition(":")[::2] for m in members if ":" in m]
+        if not pairs:
+            return {}
+        with self._b.guard():
+            pipe = self._r.pipeline(transaction=False)
+            for jid, idx in pairs:
+                pipe.hget(self._k("job", jid, "t"), idx)
+                pipe.hget(self._k("job", jid), "created_at")
+            values = await pipe.execute()
+        out = {}
+        for n, (jid, idx) in enumerate(pairs):
+            t, created = values[2 * n], values[2 * n + 1]
+            if t or created:
+                out[f"{jid}:{idx}"] = int(t or created)
+        return out
+
+    async def _peek_rows(
+        self, peeked: list[tuple[str, float]], ready: dict[str, int], now_ms: int
+    ) -> list[dict[str, Any]]:
+        jobs = sorted({m.partition(":")[0] for m, _ in peeked})
+        with self._b.guard():
+            pipe = self._r.pipeline(transaction=False)
+            for jid in jobs:
+                pipe.hmget(self._k("job", jid), "name", "task")
+            names = dict(zip(jobs, await pipe.execute(), strict=True))
+        rows = []
+        for member, score in peeked:
+            jid, _, idx = member.partition(":")
+            name, task = names.get(jid) or (None, None)
+            rows.append(
+                {
+                    "task": member,
+                    "job": jid,
+                    "index": idx,
+                    "name": _s(name) or _s(task) or None,
+                    "priority": 9 - math.floor(score / _PRIO_BAND),
+                    "waiting_s": round((now_ms - ready[member]) / 1000, 3)
+                    if member in ready
+                    else None,
+                }
+            )
+        return rows
+
+
+def rate_span(now: float, slots: int) -> float:
+    """Seconds covered by the last ``slots`` throughput slots, the current partial one included."""
+    return max(1.0, (slots - 1) * SLOT_S + now % SLOT_S)
+
+
+def _shown_state(stored: str, job_finished: bool) -> str:
+    """A task's state as shown: unfinished tasks of a finished job were cancelled."""
+    return "cancelled" if job_finished and stored in _UNFINISHED else stored

@@ -1,0 +1,1 @@
+"""The monitor: dashboard, REST API and Prometheus metrics, all read from the store."""
