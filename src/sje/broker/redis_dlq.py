@@ -33,7 +33,7 @@ class RedisDeadLetters:
             total = int(await r.zcard(self._zset))
             ids = await r.zrevrange(self._zset, offset, offset + limit - 1) if limit > 0 else []
             rows = await r.hmget(self._entries, ids) if ids else []
-        return total, [orjson.loads(row) for row in rows if row]
+        return total, [_view(row) for row in rows if row]
 
     async def entry(self, entry_id: str) -> dict[str, Any] | None:
         """The entry with its payload (or raw queue entry) and its job's current state."""
@@ -42,7 +42,7 @@ class RedisDeadLetters:
             row = await r.hget(self._entries, entry_id)
             if row is None:
                 return None
-            entry: dict[str, Any] = orjson.loads(row)
+            entry = _view(row)
             job_id, index = entry.get("job"), entry.get("task")
             if job_id is None:
                 raw = await r.hget(self._raw, entry_id)
@@ -87,6 +87,14 @@ class RedisDeadLetters:
             pipe.hdel(self._raw, *entry_ids)
             removed, _, _ = await pipe.execute()
         return int(removed)
+
+
+def _view(row: bytes) -> dict[str, Any]:
+    """A stored entry as the API shows it: ``at`` in epoch seconds, like every other time."""
+    entry: dict[str, Any] = orjson.loads(row)
+    if isinstance(entry.get("at"), (int, float)):
+        entry["at"] = entry["at"] / 1000
+    return entry
 
 
 #: control characters (a terminal would act on them) shown as escapes instead

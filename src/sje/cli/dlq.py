@@ -21,7 +21,7 @@ def _when(entry: dict[str, Any]) -> str:
     at = entry.get("at")
     if not isinstance(at, (int, float)):
         return "?"
-    return datetime.datetime.fromtimestamp(at / 1000).strftime("%Y-%m-%d %H:%M:%S")
+    return datetime.datetime.fromtimestamp(at).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def _one_line(text: object, width: int = 90) -> str:

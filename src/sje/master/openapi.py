@@ -703,7 +703,7 @@ def _dead_letter_schema() -> Schema:
         "type": "object",
         "properties": {
             "id": {"type": "string"},
-            "at": {"type": "number", "description": "Epoch milliseconds it was dead-lettered."},
+            "at": {"type": "number", "description": "When it was dead-lettered (epoch seconds)."},
             "job": {"type": "string"},
             "task": {"type": "string", "description": "Task index in the job ('r': reduce)."},
             "name": {"type": "string", "description": "Task name."},

@@ -6,9 +6,6 @@ import {Page} from '../page.js';
 
 const LIMIT = 50;
 
-/** Entry times are stored in ms; tolerate seconds. */
-const seconds = (at) => (at > 1e11 ? at / 1000 : at);
-
 export class DeadLettersPage extends Page {
   constructor(app, params) {
     super(app, params);
@@ -105,7 +102,7 @@ export class DeadLettersPage extends Page {
       el('td', {class: 'mono ellipsis', title: entry.name || ''}, shortTask(entry.name)),
       el('td', null, entry.queue || '—'),
       el('td', {class: 'error-cell'}, toggle),
-      el('td', null, timeAgo(entry.at ? seconds(entry.at) : null)),
+      el('td', null, timeAgo(entry.at ?? null)),
       el('td', {class: 'row-actions'}, requeue, purge));
     return [row, detail];
   }
