@@ -275,7 +275,7 @@ def test_find_jobs_scans_at_most_the_budget_per_call_then_continues(
     """Behind the budget of index entries only old jobs match: the first call returns no row
     but where to continue, and the next one finds them."""
     budget = redis_views.SCAN_BUDGET
-    assert budget == 20_000  # docs/monitor.md promises this number
+    assert budget == 10_000  # docs/monitor.md promises this number
 
     async def scenario(b: RedisBroker) -> None:
         old = [await submit(b, {"task": "t", "name": f"old {i}", "inputs": [1]}) for i in range(3)]

@@ -55,6 +55,7 @@ _SCRIPTS = (
     "lost",
     "unfinished",
     "throughput",
+    "find_jobs",
 )
 _USES_TASKS = ("fetch", "complete", "complete_fetch")
 _WORKER_FORGET_S = 3600.0

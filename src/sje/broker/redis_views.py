@@ -19,9 +19,9 @@ from sje.models import JobState
 if TYPE_CHECKING:
     from sje.broker.redis import RedisBroker
 
-#: job ids a jobs query looks at per call before it returns a ``next`` offset
-SCAN_BUDGET = 20_000
-_SCAN_BATCH = 500
+#: job ids a jobs query looks at per call before it returns a ``next`` offset (one script call
+#: that blocks Redis for a few milliseconds at most)
+SCAN_BUDGET = 10_000
 #: unfinished jobs whose counters the per-queue gauges sum, at most
 ACTIVE_BUDGET = 5_000
 _PRIO_BAND = 10**13
@@ -39,10 +39,6 @@ class JobQuery:
     since_ms: int | None = None
     until_ms: int | None = None
     id_prefix: str | None = None
-
-    @property
-    def is_filtered(self) -> bool:
-        return bool(self.state or self.name or self.id_prefix)
 
 
 @dataclass
@@ -197,44 +193,19 @@ class RedisViews:
                 return [{"id": query.id_prefix, **exact}], None
         hi = "+inf" if query.until_ms is None else str(query.until_ms)
         lo = "-inf" if query.since_ms is None else str(query.since_ms)
-        found: list[str] = []
-        scanned = 0
-        while len(found) < limit and scanned < SCAN_BUDGET:
-            batch = limit - len(found) if not query.is_filtered else _SCAN_BATCH
-            with self._b.guard():
-                ids = await self._r.zrevrangebyscore(
-                    self._k("jobs"), hi, lo, start=offset + scanned, num=batch
-                )
-            if not ids:
-                return await self._rows(found), None
-            matched, used = await self._filter(query, [i.decode() for i in ids], limit - len(found))
-            found += matched
-            scanned += used
-            if used < len(ids):
-                break
-        return await self._rows(found), offset + scanned
-
-    async def _filter(self, query: JobQuery, ids: list[str], room: int) -> tuple[list[str], int]:
-        """(matching ids, how many of ``ids`` were looked at) with at most ``room`` matches."""
-        if query.id_prefix:
-            ids_ok = [i.startswith(query.id_prefix) for i in ids]
-        else:
-            ids_ok = [True] * len(ids)
-        rows: list[Any] = [None] * len(ids)
-        if query.state or query.name:
-            with self._b.guard():
-                pipe = self._r.pipeline(transaction=False)
-                for jid in ids:
-                    pipe.hmget(self._k("job", jid), "state", "name")
-                rows = await pipe.execute()
-        matched: list[str] = []
-        for pos, (jid, ok, row) in enumerate(zip(ids, ids_ok, rows, strict=True)):
-            job = {"state": _s(row[0]), "name": _s(row[1])} if row is not None else None
-            if ok and (job is None or self._matches(query, job)):
-                matched.append(jid)
-                if len(matched) == room:
-                    return matched, pos + 1
-        return matched, len(ids)
+        next_offset, *ids = await self._b.run_script(
+            "find_jobs",
+            hi,
+            lo,
+            offset,
+            limit,
+            SCAN_BUDGET,
+            query.state or "",
+            (query.name or "").lower(),
+            query.id_prefix or "",
+        )
+        rows = await self._rows([i.decode() for i in ids])
+        return rows, None if int(next_offset) < 0 else int(next_offset)
 
     @staticmethod
     def _matches(query: JobQuery, job: dict[str, str]) -> bool:

@@ -444,7 +444,11 @@ def _operations() -> dict[str, dict[str, Schema]]:
                         "description": "Only jobs in this state.",
                         "schema": {"type": "string", "enum": [s.value for s in JobState]},
                     },
-                    _text_query("name", 200, "Only jobs whose name contains this (any case)."),
+                    _text_query(
+                        "name",
+                        200,
+                        "Only jobs whose name contains this (ASCII letters in any case).",
+                    ),
                     _text_query("q", 64, "Only jobs whose id starts with this."),
                     _time_query("since", "Only jobs created at or after this time."),
                     _time_query("until", "Only jobs created at or before this time."),
