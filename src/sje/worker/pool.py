@@ -27,7 +27,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -35,6 +34,7 @@ import psutil
 
 from sje.errors import WorkerError
 from sje.models import TaskMessage
+from sje.worker import proctree
 from sje.worker.capture import CaptureFile, Log
 from sje.worker.cgroups import ChildCgroup
 from sje.worker.child import frame, unframe
@@ -87,7 +87,7 @@ class Child:
 
     def kill(self) -> None:
         """SIGKILL the child and every process it started, in its process group or not."""
-        tree = _descendants(self.pid)
+        tree = proctree.descendants(self.pid)
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.pid, signal.SIGKILL)
         with contextlib.suppress(ProcessLookupError):
@@ -97,67 +97,6 @@ class Child:
                 proc.kill()
         if self.cgroup is not None:
             self.cgroup.kill()
-
-
-def _descendants(pid: int) -> list[psutil.Process]:
-    try:
-        return psutil.Process(pid).children(recursive=True)
-    except psutil.Error:
-        return []
-
-
-def _direct_children() -> list[int]:
-    """Pids whose parent is this process (any of its threads), read cheaply from /proc."""
-    pids: list[int] = []
-    try:
-        for tid in os.listdir("/proc/self/task"):
-            pids.extend(int(p) for p in Path(f"/proc/self/task/{tid}/children").read_text().split())
-    except OSError:
-        return [p.pid for p in psutil.Process().children()]
-    return pids
-
-
-def _has_children(pid: int, every_thread: bool) -> bool:
-    """Whether ``pid`` has child processes (zombies too); False where /proc cannot tell.
-
-    Called after every task, so for a child that ran only plain tasks (on its main thread) it
-    reads just that thread's list (~2 us); ``every_thread`` also looks at the others (~30 us).
-    """
-    try:
-        for tid in os.listdir(f"/proc/{pid}/task") if every_thread else [str(pid)]:
-            fd = os.open(f"/proc/{pid}/task/{tid}/children", os.O_RDONLY)
-            try:
-                if os.read(fd, 64).strip():
-                    return True
-            finally:
-                os.close(fd)
-    except OSError:
-        return False
-    return False
-
-
-def _kill_and_reap(pid: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.kill(pid, signal.SIGKILL)
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, os.WNOHANG)
-
-
-def _children_map() -> dict[int, list[int]]:
-    """Every process's children, from one pass over the process table."""
-    kids: dict[int, list[int]] = {}
-    for proc in psutil.process_iter(["ppid"]):
-        kids.setdefault(int(proc.info["ppid"] or 0), []).append(proc.pid)
-    return kids
-
-
-def _count_tree(pid: int, kids: dict[int, list[int]]) -> int:
-    """Processes in the tree rooted at ``pid``."""
-    count, stack = 0, [pid]
-    while stack:
-        count += 1
-        stack.extend(kids.get(stack.pop(), ()))
-    return count
 
 
 class Pool:
@@ -333,9 +272,9 @@ class Pool:
         pool's own children from their ``Popen``.
         """
         if self.isolation is not None and self.isolation.subreaper:
-            for pid in _direct_children():
+            for pid in proctree.direct_children():
                 if pid not in self._own:
-                    _kill_and_reap(pid)
+                    proctree.kill_and_reap(pid)
         for pid, child in list(self._own.items()):
             if child is not None and child.is_closed and child.process.poll() is not None:
                 del self._own[pid]
@@ -352,10 +291,10 @@ class Pool:
         busy = [c for c in self.children if c.tasks and not c.is_closed]
         if not busy:
             return
-        kids = _children_map()
+        kids = proctree.children_map()
         limit = isolation.limits.max_processes
         for child in busy:
-            count = _count_tree(child.pid, kids)
+            count = proctree.count_tree(child.pid, kids)
             if count > limit:
                 log.warning(
                     "killing child %d and its %d processes: more than task-max-processes %d",
@@ -437,7 +376,11 @@ class Pool:
             and not (self.max_tasks_per_child and child.dispatched >= self.max_tasks_per_child)
         ):
             child.draining = False
-        if not child.tasks and not child.is_closed and _has_children(child.pid, child.is_async):
+        if (
+            not child.tasks
+            and not child.is_closed
+            and proctree.has_children(child.pid, child.is_async)
+        ):
             child.has_leftovers = child.draining = True
         return running
 

@@ -30,6 +30,7 @@ from sje.worker.intake import DEAD_LETTER_TYPES, Intake
 from sje.worker.pool import Child, Pool
 from sje.worker.sandbox import TaskLimits, death_hint
 from sje.worker.stats import WorkerStats
+from sje.worker.storing import log_first, until_stored
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -218,11 +219,13 @@ class Worker:
         # held like an outcome being stored: renewed by heartbeats, retried through outages
         self._storing.add(message.id)
         try:
-            job = await self._store(lambda: self.broker.job(message.job_id))
+            job = await until_stored(self._forced, lambda: self.broker.job(message.job_id))
             if job is None:
                 return
             n, size, inputs = int(job["n"]), int(job["chunk_size"]), int(job["inputs"])
-            values = await self._store(lambda: self.broker.results(message.job_id, 0, n))
+            values = await until_stored(
+                self._forced, lambda: self.broker.results(message.job_id, 0, n)
+            )
         finally:
             self._storing.discard(message.id)
         body = b"[" + b",".join(flatten(values, size, 0, 0, inputs if size else n)) + b"]"
@@ -292,7 +295,9 @@ class Worker:
                         message.attempt, message.retries, message.backoff, message.backoff_max
                     )
                     call = lambda: self.broker.fail(message.id, self.id, error, delay)  # noqa: E731
-                status = await self._store(self._log_first(message, task_log, call))
+                status = await until_stored(
+                    self._forced, log_first(self.broker.logs, message, task_log, call)
+                )
                 log.info(
                     "task %s attempt %d failed (%s): %s",
                     message.id,
@@ -312,67 +317,21 @@ class Worker:
         n = self._claimable()
         self._reserved += n
         try:
-            _, messages = await self._store(
-                self._log_first(
+            _, messages = await until_stored(
+                self._forced,
+                log_first(
+                    self.broker.logs,
                     message,
                     task_log,
                     lambda: self.broker.complete_and_fetch(
                         message.id, self.id, result, n, s.queues, s.lease_timeout
                     ),
-                )
+                ),
             )
         finally:
             self._reserved -= n
         for fetched in messages:
             self._start(fetched)
-
-    def _log_first(
-        self, message: TaskMessage, task_log: Any, call: Callable[[], Awaitable[T]]
-    ) -> Callable[[], Awaitable[T]]:
-        """``call`` (storing an outcome) preceded by storing the attempt's log, for ``_store``.
-
-        The outcome makes the job visible as finished, so the log goes first. Through an
-        outage both are retried together; a log that fails while its outcome lands is given
-        up (with a warning) rather than holding the outcome back.
-        """
-        if not isinstance(task_log, dict):
-            return call  # a silent attempt: no extra round trip
-        pending = [task_log]
-
-        async def log_then_call() -> T:
-            problem = None
-            if pending:
-                try:
-                    await self.broker.logs.store(
-                        message.job_id, message.index, message.attempt, pending[0]
-                    )
-                    pending.clear()
-                except BrokerError as exc:
-                    problem = exc
-            value = await call()
-            if problem is not None:
-                log.warning(
-                    "task %s attempt %d: its log was not stored: %s",
-                    message.id,
-                    message.attempt,
-                    problem,
-                )
-            return value
-
-        return log_then_call
-
-    async def _store(self, call: Callable[[], Awaitable[T]]) -> T:
-        """Retry storing an outcome through broker outages until it lands or we are forced out."""
-        delay = 0.1
-        while True:
-            try:
-                return await call()
-            except BrokerError as exc:
-                if self._forced.is_set():
-                    raise
-                log.error("storing an outcome failed, retrying in %.1fs: %s", delay, exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
 
     def _background_run(self, coro: Awaitable[None]) -> None:
         task = asyncio.ensure_future(coro)
