@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import functools
-from typing import Any
 
 import orjson
 from starlette.requests import Request
@@ -32,14 +31,26 @@ from sje.errors import (
 )
 from sje.master.api_logs import LOGS_LIMIT_MAX
 from sje.master.http import EVENT_ID, MAX_OFFSET
+from sje.master.openapi_dlq import dead_letter_schema, dlq_operations
+from sje.master.openapi_parts import (
+    ERROR_RESPONSES,
+    LIST_LIMIT_MAX,
+    Schema,
+    errors,
+    event_schema,
+    int_query,
+    job_id_param,
+    json_body,
+    nullable_type,
+    ref,
+    text_query,
+    time_query,
+)
 from sje.master.openapi_views import monitor_operations, view_operations, view_schemas
 from sje.models import MAX_DURATION_S, MAX_PRIORITY, TASK_COUNTERS, JobSpec, JobState
 
-Schema = dict[str, Any]
-
 PATH = "/api/v1/openapi.json"
 #: bounds the handlers in ``sje.master.api`` enforce
-LIST_LIMIT_MAX = 1000
 RESULTS_LIMIT_MAX = 10_000
 
 # a name with a character other than ':' and whitespace (as str.strip() sees it)
@@ -134,33 +145,28 @@ def _shape_rules() -> list[Schema]:
     return [*rules, {"if": has_inputs, "then": no_call}]
 
 
-def _nullable_type(kind: str | list[str]) -> Schema:
-    kinds = [kind] if isinstance(kind, str) else kind
-    return {"type": [*kinds, "null"]}
-
-
 def _job_schema() -> Schema:
     counts = {c: {"type": "integer", "minimum": 0} for c in ("total", *TASK_COUNTERS)}
     error = {"type": ["object", "null"], "properties": {"message": {"type": "string"}}}
     properties: Schema = {
         "id": {"type": "string"},
-        "name": _nullable_type("string"),
-        "task": _nullable_type("string"),
+        "name": nullable_type("string"),
+        "task": nullable_type("string"),
         "state": {"type": "string", "enum": [s.value for s in JobState]},
-        "queue": _nullable_type("string"),
-        "reduce": _nullable_type("string"),
+        "queue": nullable_type("string"),
+        "reduce": nullable_type("string"),
         "kind": {"type": "string", "enum": ["item", "chunk", "call"]},
         "inputs": {"type": "integer", "minimum": 0},
-        "chunk_size": _nullable_type("integer"),
-        "timeout": _nullable_type("number"),
-        "job_timeout": _nullable_type("number"),
+        "chunk_size": nullable_type("integer"),
+        "timeout": nullable_type("number"),
+        "job_timeout": nullable_type("number"),
         "tasks": {"type": "object", "properties": counts, "required": list(counts)},
         "error": {**error, "description": "Why the job failed, was cancelled or timed out."},
         "priority": {"type": "integer"},
         "retries": {"type": "integer"},
         "created_at": {"type": "number", "description": "Epoch seconds."},
-        "started_at": _nullable_type("number"),
-        "finished_at": _nullable_type("number"),
+        "started_at": nullable_type("number"),
+        "finished_at": nullable_type("number"),
         "task_errors": {
             "type": "object",
             "additionalProperties": {"type": "object"},
@@ -195,23 +201,6 @@ def _results_schema() -> Schema:
         "required": ["id", "state", "result"],
     }
     return {"anyOf": [page, single]}
-
-
-def _event_schema() -> Schema:
-    """One server-sent event; ``progress`` events have no id."""
-    return {
-        "type": "object",
-        "properties": {
-            "event": {"type": "string"},
-            "id": {"type": "string", "pattern": _EVENT_ID},
-            "data": {
-                "type": "string",
-                "contentMediaType": "application/json",
-                "contentSchema": {"type": "object"},
-            },
-        },
-        "required": ["event", "data"],
-    }
 
 
 def _worker_schema() -> Schema:
@@ -270,128 +259,8 @@ def _task_logs_schema() -> Schema:
     }
 
 
-def _ref(kind: str, name: str) -> Schema:
-    return {"$ref": f"#/components/{kind}/{name}"}
-
-
-def _json(schema: Schema, description: str) -> Schema:
-    return {"description": description, "content": {"application/json": {"schema": schema}}}
-
-
-def _error(description: str) -> Schema:
-    return _json(_ref("schemas", "Error"), description)
-
-
-_ERROR_RESPONSES: dict[str, tuple[int, Schema]] = {
-    "BadRequest": (
-        InvalidRequest.http_status,
-        _error("A query parameter is malformed or out of range (code invalid_request)."),
-    ),
-    "Unauthorized": (
-        401,
-        _error("Missing or wrong token (code unauthorized); only when the master has a token."),
-    ),
-    "NotFound": (
-        JobNotFound.http_status,
-        _error("No such job: it never existed or its result-ttl passed (code not_found)."),
-    ),
-    "Conflict": (
-        IdempotencyConflict.http_status,
-        _error(
-            "The idempotency key belongs to a job with another definition "
-            "(code idempotency_conflict)."
-        ),
-    ),
-    "Unprocessable": (
-        InvalidJob.http_status,
-        _error(
-            "The job definition is invalid, or a task's input is over max-message-kb (code "
-            "invalid_job), or no worker has registered its task (code unknown_task)."
-        ),
-    ),
-    "TooLarge": (
-        RequestTooLarge.http_status,
-        _error("The request body is over the master's max-request-mb (code too_large)."),
-    ),
-    "QueueFull": (
-        QueueFull.http_status,
-        {
-            **_error("The job's queue is at max-queue-length (code queue_full)."),
-            "headers": {
-                "Retry-After": {
-                    "description": "Seconds to wait before submitting again.",
-                    "required": True,
-                    "schema": {"type": "integer", "minimum": 0},
-                }
-            },
-        },
-    ),
-    "EntryNotFound": (
-        EntryNotFound.http_status,
-        _error("No such dead-letter entry (code entry_not_found)."),
-    ),
-    "NotRequeueable": (
-        NotRequeueable.http_status,
-        _error(
-            "The entry's job cannot run again: it is not failed, its record expired, or the "
-            "entry names no job (code not_requeueable)."
-        ),
-    ),
-    "BrokerDown": (
-        BrokerError.http_status,
-        _error("The master cannot reach Redis, or Redis failed (code broker)."),
-    ),
-}
-
-
-def _errors(*names: str) -> dict[str, Schema]:
-    """Error responses by status: each route may also answer 401 and 503."""
-    chosen = (*names, "Unauthorized", "BrokerDown")
-    return {str(_ERROR_RESPONSES[n][0]): _ref("responses", n) for n in chosen}
-
-
-def _job_id() -> Schema:
-    return {
-        "name": "job_id",
-        "in": "path",
-        "required": True,
-        "description": "Job id, as returned by POST /api/v1/jobs.",
-        "schema": {"type": "string", "minLength": 1},
-    }
-
-
-def _int_query(name: str, default: int, lo: int, hi: int, description: str) -> Schema:
-    return {
-        "name": name,
-        "in": "query",
-        "required": False,
-        "description": description,
-        "schema": {"type": "integer", "minimum": lo, "maximum": hi, "default": default},
-    }
-
-
-def _text_query(name: str, max_len: int, description: str) -> Schema:
-    return {
-        "name": name,
-        "in": "query",
-        "required": False,
-        "description": description,
-        "schema": {"type": "string", "maxLength": max_len},
-    }
-
-
-def _time_query(name: str, description: str) -> Schema:
-    return {
-        "name": name,
-        "in": "query",
-        "required": False,
-        "description": f"{description} Epoch seconds.",
-        "schema": {"type": "number", "minimum": 0, "exclusiveMaximum": 1e11},
-    }
-
-
 def _operations() -> dict[str, dict[str, Schema]]:
-    job_id = _job_id()
+    job_id = job_id_param()
     public: list[Schema] = []
     return {
         "/api/v1/health": {
@@ -400,8 +269,8 @@ def _operations() -> dict[str, dict[str, Schema]]:
                 "summary": "Liveness: the master answers and reaches Redis.",
                 "security": public,
                 "responses": {
-                    "200": _json(_ref("schemas", "Health"), "Master and broker are up."),
-                    "503": _ref("responses", "BrokerDown"),
+                    "200": json_body(ref("schemas", "Health"), "Master and broker are up."),
+                    "503": ref("responses", "BrokerDown"),
                 },
             }
         },
@@ -410,7 +279,7 @@ def _operations() -> dict[str, dict[str, Schema]]:
                 "operationId": "openapi",
                 "summary": "This document.",
                 "security": public,
-                "responses": {"200": _json({"type": "object"}, "The OpenAPI document.")},
+                "responses": {"200": json_body({"type": "object"}, "The OpenAPI document.")},
             }
         },
         "/api/v1/jobs": {
@@ -419,24 +288,24 @@ def _operations() -> dict[str, dict[str, Schema]]:
                 "summary": "Submit a job; its inputs are split into tasks and queued.",
                 "requestBody": {
                     "required": True,
-                    "content": {"application/json": {"schema": _ref("schemas", "JobDefinition")}},
+                    "content": {"application/json": {"schema": ref("schemas", "JobDefinition")}},
                 },
                 "responses": {
-                    "201": _json(_ref("schemas", "Submitted"), "Accepted as a new job."),
-                    "200": _json(
-                        _ref("schemas", "Submitted"),
+                    "201": json_body(ref("schemas", "Submitted"), "Accepted as a new job."),
+                    "200": json_body(
+                        ref("schemas", "Submitted"),
                         "The idempotency key names an existing job with the same definition: "
                         "that job (duplicate: true).",
                     ),
-                    **_errors("TooLarge", "Conflict", "Unprocessable", "QueueFull"),
+                    **errors("TooLarge", "Conflict", "Unprocessable", "QueueFull"),
                 },
             },
             "get": {
                 "operationId": "listJobs",
                 "summary": "Jobs, newest first, filtered; `next` continues the scan.",
                 "parameters": [
-                    _int_query("limit", 50, 1, LIST_LIMIT_MAX, "How many jobs to read."),
-                    _int_query("offset", 0, 0, MAX_OFFSET, "How many of the newest to skip."),
+                    int_query("limit", 50, 1, LIST_LIMIT_MAX, "How many jobs to read."),
+                    int_query("offset", 0, 0, MAX_OFFSET, "How many of the newest to skip."),
                     {
                         "name": "state",
                         "in": "query",
@@ -444,18 +313,18 @@ def _operations() -> dict[str, dict[str, Schema]]:
                         "description": "Only jobs in this state.",
                         "schema": {"type": "string", "enum": [s.value for s in JobState]},
                     },
-                    _text_query(
+                    text_query(
                         "name",
                         200,
                         "Only jobs whose name contains this (ASCII letters in any case).",
                     ),
-                    _text_query("q", 64, "Only jobs whose id starts with this."),
-                    _time_query("since", "Only jobs created at or after this time."),
-                    _time_query("until", "Only jobs created at or before this time."),
+                    text_query("q", 64, "Only jobs whose id starts with this."),
+                    time_query("since", "Only jobs created at or after this time."),
+                    time_query("until", "Only jobs created at or before this time."),
                 ],
                 "responses": {
-                    "200": _json(_ref("schemas", "JobList"), "A page of jobs."),
-                    **_errors("BadRequest"),
+                    "200": json_body(ref("schemas", "JobList"), "A page of jobs."),
+                    **errors("BadRequest"),
                 },
             },
         },
@@ -475,8 +344,8 @@ def _operations() -> dict[str, dict[str, Schema]]:
                     },
                 ],
                 "responses": {
-                    "200": _json(_ref("schemas", "Job"), "The job."),
-                    **_errors("BadRequest", "NotFound"),
+                    "200": json_body(ref("schemas", "Job"), "The job."),
+                    **errors("BadRequest", "NotFound"),
                 },
             }
         },
@@ -486,12 +355,12 @@ def _operations() -> dict[str, dict[str, Schema]]:
                 "summary": "A job's results so far, in input order, one page at a time.",
                 "parameters": [
                     job_id,
-                    _int_query("offset", 0, 0, MAX_OFFSET, "First input index of the page."),
-                    _int_query("limit", 1000, 1, RESULTS_LIMIT_MAX, "Most results per page."),
+                    int_query("offset", 0, 0, MAX_OFFSET, "First input index of the page."),
+                    int_query("limit", 1000, 1, RESULTS_LIMIT_MAX, "Most results per page."),
                 ],
                 "responses": {
-                    "200": _json(_ref("schemas", "Results"), "The results."),
-                    **_errors("BadRequest", "NotFound"),
+                    "200": json_body(ref("schemas", "Results"), "The results."),
+                    **errors("BadRequest", "NotFound"),
                 },
             }
         },
@@ -501,11 +370,11 @@ def _operations() -> dict[str, dict[str, Schema]]:
                 "summary": "Cancel a job: queued tasks are dropped, running ones stopped.",
                 "parameters": [job_id],
                 "responses": {
-                    "200": _json(
-                        _ref("schemas", "Cancelled"),
+                    "200": json_body(
+                        ref("schemas", "Cancelled"),
                         "The job after the request; cancelled is false if it had already ended.",
                     ),
-                    **_errors("NotFound"),
+                    **errors("NotFound"),
                 },
             }
         },
@@ -550,9 +419,9 @@ def _operations() -> dict[str, dict[str, Schema]]:
                 "responses": {
                     "200": {
                         "description": "An event stream (text/event-stream).",
-                        "content": {"text/event-stream": {"schema": _event_schema()}},
+                        "content": {"text/event-stream": {"schema": event_schema()}},
                     },
-                    **_errors("BadRequest", "NotFound"),
+                    **errors("BadRequest", "NotFound"),
                 },
             }
         },
@@ -578,12 +447,12 @@ def _operations() -> dict[str, dict[str, Schema]]:
                         "not have has no logs), or r for the reduce step.",
                         "schema": {"type": "string", "pattern": "^([0-9]+|r)$"},
                     },
-                    _int_query("offset", 0, 0, MAX_OFFSET, "How many tasks with logs to skip."),
-                    _int_query("limit", 100, 1, LOGS_LIMIT_MAX, "Most tasks per page."),
+                    int_query("offset", 0, 0, MAX_OFFSET, "How many tasks with logs to skip."),
+                    int_query("limit", 100, 1, LOGS_LIMIT_MAX, "Most tasks per page."),
                 ],
                 "responses": {
-                    "200": _json(_ref("schemas", "TaskLogs"), "The logs."),
-                    **_errors("BadRequest", "NotFound"),
+                    "200": json_body(ref("schemas", "TaskLogs"), "The logs."),
+                    **errors("BadRequest", "NotFound"),
                 },
             }
         },
@@ -592,134 +461,11 @@ def _operations() -> dict[str, dict[str, Schema]]:
                 "operationId": "listWorkers",
                 "summary": "Registered workers with their last heartbeat and running tasks.",
                 "responses": {
-                    "200": _json(_ref("schemas", "WorkerList"), "The workers."),
-                    **_errors(),
+                    "200": json_body(ref("schemas", "WorkerList"), "The workers."),
+                    **errors(),
                 },
             }
         },
-    }
-
-
-def _dlq_operations() -> dict[str, dict[str, Schema]]:
-    entry_id = {
-        "name": "entry_id",
-        "in": "path",
-        "required": True,
-        "description": "Dead-letter entry id (<job>:<task index>, or orphan-<n>).",
-        "schema": {"type": "string", "minLength": 1},
-    }
-    requeued = _json(_ref("schemas", "Requeued"), "The entry's job is running again.")
-    purged = _json(
-        {
-            "type": "object",
-            "properties": {"purged": {"type": "integer", "minimum": 0}},
-            "required": ["purged"],
-        },
-        "How many entries were deleted.",
-    )
-    return {
-        "/api/v1/dlq": {
-            "get": {
-                "operationId": "listDeadLetters",
-                "summary": "Dead-letter entries, newest first.",
-                "parameters": [
-                    _int_query("limit", 50, 1, LIST_LIMIT_MAX, "How many entries to read."),
-                    _int_query("offset", 0, 0, MAX_OFFSET, "How many of the newest to skip."),
-                ],
-                "responses": {
-                    "200": _json(_ref("schemas", "DeadLetterList"), "A page of entries."),
-                    **_errors("BadRequest"),
-                },
-            },
-            "delete": {
-                "operationId": "purgeDeadLetters",
-                "summary": "Delete every dead-letter entry.",
-                "responses": {"200": purged, **_errors()},
-            },
-        },
-        "/api/v1/dlq/requeue": {
-            "post": {
-                "operationId": "requeueDeadLetters",
-                "summary": "Requeue the jobs of every entry; entries that cannot be are skipped.",
-                "responses": {
-                    "200": _json(
-                        {
-                            "type": "object",
-                            "properties": {
-                                "requeued": {
-                                    "type": "array",
-                                    "items": _ref("schemas", "Requeued"),
-                                },
-                                "skipped": {
-                                    "type": "array",
-                                    "items": {
-                                        "type": "object",
-                                        "properties": {
-                                            "entry": {"type": "string"},
-                                            "reason": {"type": "string"},
-                                        },
-                                        "required": ["entry", "reason"],
-                                    },
-                                },
-                            },
-                            "required": ["requeued", "skipped"],
-                        },
-                        "What was requeued and what was skipped, with why.",
-                    ),
-                    **_errors(),
-                },
-            }
-        },
-        "/api/v1/dlq/{entry_id}": {
-            "get": {
-                "operationId": "getDeadLetter",
-                "summary": "An entry with its payload (or raw queue entry) and its job's state.",
-                "parameters": [entry_id],
-                "responses": {
-                    "200": _json(_ref("schemas", "DeadLetter"), "The entry."),
-                    **_errors("EntryNotFound"),
-                },
-            },
-            "delete": {
-                "operationId": "purgeDeadLetter",
-                "summary": "Delete an entry.",
-                "parameters": [entry_id],
-                "responses": {"200": purged, **_errors("EntryNotFound")},
-            },
-        },
-        "/api/v1/dlq/{entry_id}/requeue": {
-            "post": {
-                "operationId": "requeueDeadLetter",
-                "summary": "Reopen the entry's failed job: its tasks that did not succeed run "
-                "again.",
-                "parameters": [entry_id],
-                "responses": {
-                    "200": requeued,
-                    **_errors("EntryNotFound", "NotRequeueable"),
-                },
-            }
-        },
-    }
-
-
-def _dead_letter_schema() -> Schema:
-    return {
-        "type": "object",
-        "properties": {
-            "id": {"type": "string"},
-            "at": {"type": "number", "description": "When it was dead-lettered (epoch seconds)."},
-            "job": {"type": "string"},
-            "task": {"type": "string", "description": "Task index in the job ('r': reduce)."},
-            "name": {"type": "string", "description": "Task name."},
-            "queue": {"type": "string"},
-            "state": {"type": "string", "enum": ["failed", "dead"]},
-            "attempt": {"type": "integer"},
-            "error": {"type": "object"},
-            "job_state": {"type": "string", "description": "In GET of one entry."},
-            "payload": {"type": ["string", "null"], "description": "In GET of one entry."},
-            "raw": {"type": "string", "description": "In GET of an orphan entry."},
-        },
-        "required": ["id", "at", "state", "error"],
     }
 
 
@@ -770,7 +516,7 @@ def _schemas() -> dict[str, Schema]:
         "JobList": {
             "type": "object",
             "properties": {
-                "jobs": {"type": "array", "items": _ref("schemas", "Job")},
+                "jobs": {"type": "array", "items": ref("schemas", "Job")},
                 "next": {
                     "type": ["integer", "null"],
                     "description": "The offset to ask for next, or null at the end.",
@@ -781,7 +527,7 @@ def _schemas() -> dict[str, Schema]:
         "Results": _results_schema(),
         "Cancelled": {
             "allOf": [
-                _ref("schemas", "Job"),
+                ref("schemas", "Job"),
                 {
                     "type": "object",
                     "properties": {"cancelled": {"type": "boolean"}},
@@ -789,13 +535,13 @@ def _schemas() -> dict[str, Schema]:
                 },
             ]
         },
-        "DeadLetter": _dead_letter_schema(),
+        "DeadLetter": dead_letter_schema(),
         "DeadLetterList": {
             "type": "object",
             "properties": {
                 "total": {"type": "integer", "minimum": 0},
                 "offset": {"type": "integer", "minimum": 0},
-                "entries": {"type": "array", "items": _ref("schemas", "DeadLetter")},
+                "entries": {"type": "array", "items": ref("schemas", "DeadLetter")},
             },
             "required": ["total", "offset", "entries"],
         },
@@ -812,7 +558,7 @@ def _schemas() -> dict[str, Schema]:
         "Worker": _worker_schema(),
         "WorkerList": {
             "type": "object",
-            "properties": {"workers": {"type": "array", "items": _ref("schemas", "Worker")}},
+            "properties": {"workers": {"type": "array", "items": ref("schemas", "Worker")}},
             "required": ["workers"],
         },
     }
@@ -840,12 +586,12 @@ def _document_bytes() -> bytes:
         },
         "paths": {
             **_operations(),
-            **view_operations(_job_id(), _int_query, _errors, _ref, _json, _event_schema()),
-            **_dlq_operations(),
+            **view_operations(),
+            **dlq_operations(),
         },
         "components": {
             "schemas": {**_schemas(), **view_schemas()},
-            "responses": {name: body for name, (_status, body) in _ERROR_RESPONSES.items()},
+            "responses": {name: body for name, (_status, body) in ERROR_RESPONSES.items()},
             "securitySchemes": {
                 "bearer": {
                     "type": "http",
@@ -867,7 +613,7 @@ def monitor_document() -> Schema:
     """The monitor's document: the master's routes but submit, plus session and metrics."""
     doc = document()
     del doc["paths"]["/api/v1/jobs"]["post"]
-    doc["paths"].update(monitor_operations(_json, _errors))
+    doc["paths"].update(monitor_operations())
     doc["info"]["title"] = "SJE monitor API"
     doc["info"]["description"] = (
         "What the dashboard shows and does, for programs. Errors are "

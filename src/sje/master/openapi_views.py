@@ -3,11 +3,16 @@ monitor-only ones (session, metrics); merged into the document by ``sje.master.o
 
 from __future__ import annotations
 
-from typing import Any
-
+from sje.master.openapi_parts import (
+    Schema,
+    errors,
+    event_schema,
+    int_query,
+    job_id_param,
+    json_body,
+    ref,
+)
 from sje.models import TaskState
-
-Schema = dict[str, Any]
 
 _NUM = {"type": "number"}
 _INT = {"type": "integer", "minimum": 0}
@@ -96,15 +101,9 @@ def view_schemas() -> dict[str, Schema]:
     }
 
 
-def view_operations(
-    job_id: Schema,
-    int_query: Any,
-    errors: Any,
-    ref: Any,
-    json: Any,
-    event_schema: Schema,
-) -> dict[str, dict[str, Schema]]:
-    """Path items of the dashboard routes; the helpers come from ``sje.master.openapi``."""
+def view_operations() -> dict[str, dict[str, Schema]]:
+    """Path items of the dashboard routes."""
+    job_id = job_id_param()
     return {
         "/api/v1/overview": {
             "get": {
@@ -114,7 +113,7 @@ def view_operations(
                     int_query("window", 3600, 60, 7200, "Seconds of throughput to return.")
                 ],
                 "responses": {
-                    "200": json(ref("schemas", "Overview"), "The overview."),
+                    "200": json_body(ref("schemas", "Overview"), "The overview."),
                     **errors("BadRequest"),
                 },
             }
@@ -125,7 +124,7 @@ def view_operations(
                 "summary": "Queues: depth, running, rates, oldest wait and a peek.",
                 "parameters": [int_query("peek", 10, 0, 100, "Queued tasks to show per queue.")],
                 "responses": {
-                    "200": json(ref("schemas", "QueueList"), "The queues."),
+                    "200": json_body(ref("schemas", "QueueList"), "The queues."),
                     **errors("BadRequest"),
                 },
             }
@@ -149,7 +148,7 @@ def view_operations(
                 "responses": {
                     "200": {
                         "description": "An event stream.",
-                        "content": {"text/event-stream": {"schema": event_schema}},
+                        "content": {"text/event-stream": {"schema": event_schema()}},
                     },
                     **errors("BadRequest"),
                 },
@@ -172,7 +171,7 @@ def view_operations(
                     int_query("limit", 100, 1, 1000, "Tasks to return."),
                 ],
                 "responses": {
-                    "200": json(ref("schemas", "TaskPage"), "The tasks."),
+                    "200": json_body(ref("schemas", "TaskPage"), "The tasks."),
                     **errors("BadRequest", "NotFound"),
                 },
             }
@@ -183,7 +182,7 @@ def view_operations(
                 "summary": "The newest events of a job, oldest first.",
                 "parameters": [job_id, int_query("limit", 200, 1, 10_000, "Events to return.")],
                 "responses": {
-                    "200": json(ref("schemas", "Timeline"), "The events."),
+                    "200": json_body(ref("schemas", "Timeline"), "The events."),
                     **errors("BadRequest", "NotFound"),
                 },
             }
@@ -194,7 +193,7 @@ def view_operations(
                 "summary": "Queue a failed job's failed, dead and dropped tasks again.",
                 "parameters": [job_id],
                 "responses": {
-                    "200": json(ref("schemas", "Retried"), "The job is running again."),
+                    "200": json_body(ref("schemas", "Retried"), "The job is running again."),
                     **errors("NotFound", "NotRequeueable"),
                 },
             }
@@ -202,7 +201,7 @@ def view_operations(
     }
 
 
-def monitor_operations(json: Any, errors: Any) -> dict[str, dict[str, Schema]]:
+def monitor_operations() -> dict[str, dict[str, Schema]]:
     """Routes only the monitor serves."""
     return {
         "/api/v1/session": {
@@ -210,7 +209,7 @@ def monitor_operations(json: Any, errors: Any) -> dict[str, dict[str, Schema]]:
                 "operationId": "session",
                 "summary": "The CSRF value a signed-in page sends with X-SJE-CSRF.",
                 "responses": {
-                    "200": json(
+                    "200": json_body(
                         _obj({"csrf": _STR, "auth": {"type": "string", "enum": ["token", "none"]}}),
                         "The session.",
                     ),
