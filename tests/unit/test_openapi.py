@@ -162,3 +162,21 @@ def test_monitor_document_lists_exactly_the_monitor_api_routes() -> None:
     assert ("/api/v1/jobs", "post") not in described, "a monitor does not accept jobs"
     schemathesis.openapi.from_dict(doc).validate()
     asyncio.run(broker.close())
+
+
+def test_unknown_routes_and_methods_answer_in_the_json_error_shape(app: Starlette) -> None:
+    async def call(method: str, path: str) -> httpx.Response:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://master") as client:
+            return await client.request(method, path)
+
+    missing = asyncio.run(call("GET", "/api/v1/nope"))
+    assert missing.status_code == 404
+    assert missing.json()["error"] == {
+        "code": "not_found",
+        "message": "No such route: GET /api/v1/nope. The API is described at /api/v1/openapi.json.",
+    }
+    wrong = asyncio.run(call("DELETE", "/api/v1/health"))
+    assert wrong.status_code == 405
+    assert wrong.headers["allow"]
+    assert wrong.json()["error"]["message"].startswith("DELETE is not allowed on /api/v1/health.")

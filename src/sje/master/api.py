@@ -33,6 +33,7 @@ from sje.master.api_dlq import DeadLetterRoutes
 from sje.master.api_logs import TaskLogRoutes
 from sje.master.api_views import ViewRoutes
 from sje.master.http import (
+    HTTP_ERROR_HANDLERS,
     MAX_OFFSET,
     error_response,
     json_response,
@@ -304,4 +305,4 @@ class Api:
         return routes
 
     def app(self) -> Starlette:
-        return Starlette(routes=self.routes())
+        return Starlette(routes=self.routes(), exception_handlers=HTTP_ERROR_HANDLERS)

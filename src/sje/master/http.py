@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import orjson
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -113,3 +114,25 @@ async def read_body(request: Request, limit_mb: float) -> bytes:
             raise too_large
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+_HTTP_MESSAGES = {
+    404: "No such route: {method} {path}. The API is described at /api/v1/openapi.json.",
+    405: "{method} is not allowed on {path}. The API is described at /api/v1/openapi.json.",
+}
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own errors (unknown route, wrong method) in the API's JSON error shape."""
+    status = getattr(exc, "status_code", 500)
+    template = _HTTP_MESSAGES.get(status, "{detail}")
+    message = template.format(
+        method=request.method, path=request.url.path, detail=getattr(exc, "detail", "")
+    )
+    headers = getattr(exc, "headers", None)
+    body = {"error": {"code": "not_found" if status == 404 else "http", "message": message}}
+    return json_response(body, status, headers)
+
+
+#: for ``Starlette(exception_handlers=...)``
+HTTP_ERROR_HANDLERS = {HTTPException: http_error}

@@ -27,7 +27,7 @@ from sje.broker.registry import open_broker
 from sje.config import MonitorSettings, redact_url
 from sje.errors import ConfigError
 from sje.master.api import Api
-from sje.master.http import json_response
+from sje.master.http import HTTP_ERROR_HANDLERS, json_response
 from sje.master.server import bind_socket
 from sje.monitor.metrics import render
 from sje.monitor.session import COOKIE, SessionAuth
@@ -122,7 +122,11 @@ def build_app(broker: RedisBroker, auth: SessionAuth) -> Starlette:
         *api.routes(),
         Mount("/static", app=StaticFiles(directory=STATIC), name="static"),
     ]
-    return Starlette(routes=routes, middleware=[Middleware(SecurityHeaders)])
+    return Starlette(
+        routes=routes,
+        middleware=[Middleware(SecurityHeaders)],
+        exception_handlers=HTTP_ERROR_HANDLERS,
+    )
 
 
 class Monitor:
