@@ -61,6 +61,8 @@ _USES_TASKS = ("fetch", "complete", "complete_fetch")
 _WORKER_FORGET_S = 3600.0
 EVENTS_PAGE = 1000
 GLOBAL_EVENTS_MAXLEN = 100_000
+#: a Redis that does not answer within this many seconds is treated as unreachable
+SOCKET_TIMEOUT_S = 30.0
 
 
 def _lua(name: str) -> str:
@@ -79,14 +81,17 @@ class RedisBroker:
     naming the address and what to do.
     """
 
-    def __init__(self, url: str, prefix: str = "sje") -> None:
+    def __init__(self, url: str, prefix: str = "sje", timeout_s: float = SOCKET_TIMEOUT_S) -> None:
         self.url = url
         self.prefix = prefix
+        self.timeout_s = timeout_s
         # typed Any: redis-py annotates replies as bytes | str unions; we never decode, so
         # every reply here is bytes
         self.client: Any = aioredis.Redis.from_url(
             url,
             socket_connect_timeout=5,
+            # longer than any blocking read we issue (5 s), so only a hung server trips it
+            socket_timeout=timeout_s,
             retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), 3),
             retry_on_error=[RedisConnectionError, RedisTimeoutError],
         )
@@ -111,6 +116,11 @@ class RedisBroker:
         try:
             yield
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            if isinstance(exc, RedisTimeoutError):
+                raise BrokerError(
+                    f"Redis at {_address(self.url)} did not answer within {self.timeout_s:g}s "
+                    "(hung, overloaded, or the network drops packets); check the server."
+                ) from exc
             if "Too many connections" in str(exc):
                 raise BrokerError(
                     f"Redis at {_address(self.url)} is up, but this process has every connection "
