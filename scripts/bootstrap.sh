@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# Install SJE and its development tools into .venv, and make sure a Redis server is reachable
-# (installing and starting one when it is not). Safe to run again; it only does what is missing.
+# Install SJE and its development tools into .venv, and make sure Redis and RabbitMQ are reachable
+# (installing and starting them when they are not). Safe to run again; it only does what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3}
 REDIS_URL_HOST=127.0.0.1
 REDIS_PORT=${SJE_REDIS_PORT:-6379}
+AMQP_HOST=127.0.0.1
+AMQP_PORT=5672
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
@@ -37,6 +39,19 @@ apt_install() {
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@" >/dev/null
 }
 
+amqp_up() {
+  .venv/bin/python - "$AMQP_HOST" "$AMQP_PORT" <<'PY'
+import socket, sys
+try:
+    with socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=1) as s:
+        s.settimeout(2)
+        s.sendall(b"AMQP\x00\x00\x09\x01")  # a server answers with connection.start
+        sys.exit(0 if s.recv(1) == b"\x01" else 1)
+except OSError:
+    sys.exit(1)
+PY
+}
+
 redis_up() {
   .venv/bin/python - "$REDIS_URL_HOST" "$REDIS_PORT" <<'PY'
 import socket, sys
@@ -64,4 +79,13 @@ if ! redis_up; then
   for _ in $(seq 1 50); do redis_up && break; sleep 0.1; done
   redis_up || { echo "redis-server did not come up; see .sje-data/redis/redis.log" >&2; exit 1; }
 fi
-say "ready: .venv is installed and Redis answers on $REDIS_URL_HOST:$REDIS_PORT"
+
+# the amqp:// backend's tests (tests/integration/test_amqp_queue.py) need RabbitMQ
+command -v rabbitmq-server >/dev/null || apt_install rabbitmq-server
+if ! amqp_up; then
+  say "starting rabbitmq-server on $AMQP_HOST:$AMQP_PORT"
+  rabbitmq-server -detached || true
+  for _ in $(seq 1 600); do amqp_up && break; sleep 0.1; done
+  amqp_up || { echo "rabbitmq-server did not come up; see /var/log/rabbitmq" >&2; exit 1; }
+fi
+say "ready: .venv is installed, Redis answers on $REDIS_URL_HOST:$REDIS_PORT and RabbitMQ on $AMQP_HOST:$AMQP_PORT"

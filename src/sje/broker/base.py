@@ -6,7 +6,8 @@ once; an implementation only moves bytes and leases, atomically.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from sje.models import TaskMessage
@@ -36,6 +37,40 @@ class NewJob:
     job_timeout_s: float | None
     idempotency_key: str | None
     idempotency_hash: str
+
+
+@dataclass(frozen=True, slots=True)
+class JobQuery:
+    """Filters of a jobs page; ``None`` means any."""
+
+    state: str | None = None
+    name: str | None = None
+    since_ms: int | None = None
+    until_ms: int | None = None
+    id_prefix: str | None = None
+
+
+@dataclass
+class Snapshot:
+    """The counters and gauges ``/metrics`` shows, read in one go."""
+
+    stats: dict[str, int]
+    depths: dict[str, int]
+    unfinished: dict[str, dict[str, int]]
+    workers: list[dict[str, Any]]
+    dead_letters: int
+    queues: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class LogPage:
+    """Logs as ``{"task", "attempt", "text", "truncated"}``, by task index (reduce last) then
+    attempt; ``next``: the offset of the next page (None: no more); ``dropped``: logs of the
+    job refused for being over its bounds."""
+
+    logs: list[dict[str, Any]]
+    next: int | None
+    dropped: int
 
 
 class TaskQueue(Protocol):
@@ -154,3 +189,106 @@ class JobStore(Protocol):
     async def workers(self) -> list[dict[str, Any]]: ...
 
     async def depth(self, queue: str) -> int: ...
+
+
+class MonitorViews(Protocol):
+    """The monitor's reads (``docs/monitor.md``): each bounded per call."""
+
+    async def stats(self) -> dict[str, int]: ...
+
+    async def queue_names(self) -> list[str]: ...
+
+    async def depths(self, queues: list[str]) -> dict[str, int]: ...
+
+    async def throughput(
+        self, window_s: int, by_queue_s: int = 0
+    ) -> tuple[list[dict[str, Any]], dict[str, dict[str, int]]]: ...
+
+    async def unfinished(self) -> dict[str, dict[str, int]]: ...
+
+    async def snapshot(self) -> Snapshot: ...
+
+    async def overview(self, window_s: int) -> dict[str, Any]: ...
+
+    async def find_jobs(
+        self, query: JobQuery, limit: int, offset: int
+    ) -> tuple[list[dict[str, str]], int | None]: ...
+
+    async def tasks(
+        self, job_id: str, job: dict[str, str], state: str | None, offset: int, limit: int
+    ) -> tuple[int, list[dict[str, Any]]]: ...
+
+    async def timeline(self, job_id: str, limit: int) -> list[tuple[str, dict[str, str]]]: ...
+
+    async def global_events(
+        self, after: str, block_ms: int | None, count: int = 1000
+    ) -> list[tuple[str, dict[str, str]]]: ...
+
+    async def last_event_id(self) -> str: ...
+
+    async def queues(self, peek: int) -> dict[str, Any]: ...
+
+
+class DeadLetters(Protocol):
+    """The dead-letter queue: entries newest first; requeue reopens an entry's failed job."""
+
+    async def page(self, limit: int, offset: int) -> tuple[int, list[dict[str, Any]]]: ...
+
+    async def entry(self, entry_id: str) -> dict[str, Any] | None: ...
+
+    async def requeue(self, entry_id: str, job_id: str = "") -> tuple[str, str, int]: ...
+
+    async def ids(self) -> list[str]: ...
+
+    async def purge(self, entry_ids: list[str] | None) -> int: ...
+
+
+class TaskLogs(Protocol):
+    """What each attempt printed and logged, bounded per job, gone with the job."""
+
+    async def store(self, job_id: str, index: str, attempt: int, log: Mapping[str, Any]) -> str: ...
+
+    async def of_task(self, job_id: str, index: str) -> LogPage: ...
+
+    async def of_job(self, job_id: str, offset: int, limit: int) -> LogPage: ...
+
+
+class Broker(TaskQueue, Scheduler, JobStore, Protocol):
+    """Everything one backend provides (``registry.open_broker`` returns one): the protocols
+    above, the worker registry, deployment secrets and the monitor's reads. The contract suite
+    (``tests/integration/test_broker_contract.py``) runs against every implementation."""
+
+    @property
+    def views(self) -> MonitorViews: ...
+
+    @property
+    def dlq(self) -> DeadLetters: ...
+
+    @property
+    def logs(self) -> TaskLogs: ...
+
+    async def dead_letter(self, task_id: str, worker_id: str, error: dict[str, Any]) -> str:
+        """Fail a task that cannot be run (``dead``); returns ``dead`` or ``stale``."""
+        ...
+
+    async def reduce_result(self, job_id: str) -> bytes | None: ...
+
+    async def register_worker(
+        self,
+        worker_id: str,
+        info: dict[str, Any],
+        tasks: dict[str, TaskDefaults],
+        due_s: float = 10.0,
+    ) -> None: ...
+
+    async def deregister_worker(self, worker_id: str, event: bool = True) -> None: ...
+
+    async def ping(self) -> None: ...
+
+    async def server_time(self) -> float:
+        """The broker's clock (epoch seconds): leases and delays are measured on it."""
+        ...
+
+    async def shared_value(self, name: str, candidate: str) -> tuple[str, bool]: ...
+
+    async def durability_warnings(self) -> list[str]: ...

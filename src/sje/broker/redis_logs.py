@@ -10,10 +10,11 @@ a 100,000-task job whose every task prints stays bounded; later logs are only co
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import orjson
+
+from sje.broker.base import LogPage as LogPage
 
 if TYPE_CHECKING:
     from sje.broker.redis import RedisBroker
@@ -22,17 +23,6 @@ MAX_LOGS = 10_000
 MAX_BYTES = 32 * 1024 * 1024
 #: a page of a job's logs ends at the first task that takes it past this (at least one task)
 PAGE_BYTES = 4 * 1024 * 1024
-
-
-@dataclass(frozen=True, slots=True)
-class LogPage:
-    """Logs as ``{"task", "attempt", "text", "truncated"}``, by task index (reduce last) then
-    attempt; ``next``: the offset of the next page (None: no more); ``dropped``: logs of the
-    job refused for being over its bounds."""
-
-    logs: list[dict[str, Any]]
-    next: int | None
-    dropped: int
 
 
 def _task_order(index: str) -> tuple[int, int]:

@@ -8,11 +8,12 @@ answers as fast as one with ten.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from sje.broker.base import JobQuery as JobQuery
+from sje.broker.base import Snapshot as Snapshot
 from sje.events import SLOT_S
 from sje.models import JobState
 
@@ -28,29 +29,6 @@ _PRIO_BAND = 10**13
 _UNFINISHED = ("queued", "running", "retrying")
 #: rates are measured over this many seconds of full throughput slots
 RATE_WINDOW_S = 60
-
-
-@dataclass(frozen=True, slots=True)
-class JobQuery:
-    """Filters of a jobs page; ``None`` means any."""
-
-    state: str | None = None
-    name: str | None = None
-    since_ms: int | None = None
-    until_ms: int | None = None
-    id_prefix: str | None = None
-
-
-@dataclass
-class Snapshot:
-    """The counters and gauges ``/metrics`` shows, read in one go."""
-
-    stats: dict[str, int]
-    depths: dict[str, int]
-    unfinished: dict[str, dict[str, int]]
-    workers: list[dict[str, Any]]
-    dead_letters: int
-    queues: list[str] = field(default_factory=list)
 
 
 def _s(value: bytes | None) -> str:
@@ -341,13 +319,14 @@ class RedisViews:
         with self._b.guard():
             pipe = self._r.pipeline(transaction=False)
             pipe.zcard(q)
-            pipe.zrange(q, 0, peek - 1, withscores=True)
+            pipe.zrange(q, 0, peek - 1, withscores=True)  # peek 0 would mean all: dropped
             for band in range(10):
                 lo, hi = band * _PRIO_BAND, (band + 1) * _PRIO_BAND
                 pipe.zrangebyscore(q, lo, f"({hi}", start=0, num=1, withscores=True)
             depth, peeked, *bands = await pipe.execute()
         heads = [(m.decode(), s) for band in bands for m, s in band]
-        return int(depth), heads, [(m.decode(), s) for m, s in peeked]
+        shown = [(m.decode(), s) for m, s in peeked] if peek > 0 else []
+        return int(depth), heads, shown
 
     async def _ready_times(self, members: list[str]) -> dict[str, int]:
         """When each queued task became ready (ms): its ``:t`` or its job's creation."""

@@ -19,7 +19,8 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from sje.broker.redis import EVENTS_PAGE, RedisBroker
+from sje.broker.base import Broker
+from sje.broker.redis import EVENTS_PAGE
 from sje.config import MasterSettings
 from sje.errors import (
     IdempotencyConflict,
@@ -101,7 +102,7 @@ class Api:
 
     def __init__(
         self,
-        broker: RedisBroker,
+        broker: Broker,
         settings: MasterSettings | None,
         key: bytes | None,
         auth: Auth,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
-from sje.broker.redis_dlq import RedisDeadLetters
+from sje.broker.base import DeadLetters
 from sje.errors import EntryNotFound, NotRequeueable
 from sje.master.http import MAX_OFFSET, json_response, query_int
 
@@ -21,7 +21,7 @@ def _missing(entry_id: str) -> EntryNotFound:
 
 
 class DeadLetterRoutes:
-    def __init__(self, dlq: RedisDeadLetters) -> None:
+    def __init__(self, dlq: DeadLetters) -> None:
         self.dlq = dlq
 
     async def page(self, request: Request) -> Response:

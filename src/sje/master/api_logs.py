@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 from starlette.requests import Request
 from starlette.responses import Response
 
-from sje.broker.redis_logs import RedisTaskLogs
+from sje.broker.base import TaskLogs
 from sje.errors import InvalidRequest
 from sje.master.http import MAX_OFFSET, json_response, query_int
 
@@ -35,7 +35,7 @@ def _task(request: Request) -> str | None:
 class TaskLogRoutes:
     """``job_or_404`` is the API's job lookup, which raises ``JobNotFound`` for unknown ids."""
 
-    def __init__(self, logs: RedisTaskLogs, job_or_404: JobLookup) -> None:
+    def __init__(self, logs: TaskLogs, job_or_404: JobLookup) -> None:
         self.logs = logs
         self.job_or_404 = job_or_404
 

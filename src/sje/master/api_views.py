@@ -9,8 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from sje.broker.redis import RedisBroker
-from sje.broker.redis_views import JobQuery
+from sje.broker.base import Broker, JobQuery
 from sje.errors import NotRequeueable
 from sje.events import event_view
 from sje.master.http import (
@@ -31,7 +30,7 @@ _TASK_STATES = [s.value for s in TaskState]
 
 class ViewRoutes:
     def __init__(
-        self, broker: RedisBroker, job_or_404: Callable[[str], Awaitable[dict[str, str]]]
+        self, broker: Broker, job_or_404: Callable[[str], Awaitable[dict[str, str]]]
     ) -> None:
         self.broker = broker
         self.views = broker.views

@@ -22,7 +22,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from sje.broker.redis import RedisBroker
+from sje.broker.base import Broker
 from sje.broker.registry import open_broker
 from sje.config import MonitorSettings, redact_url
 from sje.errors import ConfigError
@@ -70,7 +70,7 @@ class SecurityHeaders:
 class Dashboard:
     """The page, sign-in and sign-out, the session probe and /metrics."""
 
-    def __init__(self, broker: RedisBroker, auth: SessionAuth) -> None:
+    def __init__(self, broker: Broker, auth: SessionAuth) -> None:
         self.broker = broker
         self.auth = auth
 
@@ -109,7 +109,7 @@ class Dashboard:
         return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
 
 
-def build_app(broker: RedisBroker, auth: SessionAuth) -> Starlette:
+def build_app(broker: Broker, auth: SessionAuth) -> Starlette:
     api = Api(broker, None, None, auth)
     g = api.guarded
     page = Dashboard(broker, auth)
@@ -163,7 +163,7 @@ class Monitor:
 
 
 def _lifespan(
-    broker: RedisBroker,
+    broker: Broker,
     url: str,
     s: MonitorSettings,
     on_ready: Callable[[str], None] | None,
