@@ -22,6 +22,8 @@ from sje.config import (
     printable,
 )
 
+BROKER_URL_HELP = "redis://host:port/db or sqlite:///file.db (broker-url)."
+
 # -- servers ------------------------------------------------------------------------------
 
 
@@ -29,7 +31,7 @@ from sje.config import (
 @common
 @click.option("--bind-address", default=None, help="Address to listen on (bind-address).")
 @click.option("--port", type=int, default=None, help="Port to listen on (port; 0 picks one).")
-@click.option("--broker-url", default=None, help="redis://host:port/db (broker-url).")
+@click.option("--broker-url", default=None, help=BROKER_URL_HELP)
 def master(
     config_file: str | None, bind_address: str | None, port: int | None, broker_url: str | None
 ) -> None:
@@ -55,7 +57,7 @@ def master(
 @common
 @click.option("--bind-address", default=None, help="Address to listen on (bind-address).")
 @click.option("--port", type=int, default=None, help="Port to listen on (port; 0 picks one).")
-@click.option("--broker-url", default=None, help="redis://host:port/db (broker-url).")
+@click.option("--broker-url", default=None, help=BROKER_URL_HELP)
 def monitor(
     config_file: str | None, bind_address: str | None, port: int | None, broker_url: str | None
 ) -> None:
@@ -78,7 +80,7 @@ def monitor(
 
 @cli.command()
 @common
-@click.option("--broker-url", default=None, help="redis://host:port/db (broker-url).")
+@click.option("--broker-url", default=None, help=BROKER_URL_HELP)
 @click.option("--tasks", "tasks", multiple=True, help="Module defining @sje.task functions.")
 @click.option("--queues", default=None, help="Comma-separated queues to serve (queues).")
 @click.option("--concurrency", type=int, default=None, help="Child processes (default: cores).")
@@ -145,7 +147,7 @@ def up(config_file: str | None, example: bool, n_workers: int, tasks: tuple[str,
 
 @cli.command("token")
 @common
-@click.option("--broker-url", default=None, help="redis://host:port/db (broker-url).")
+@click.option("--broker-url", default=None, help=BROKER_URL_HELP)
 def token(config_file: str | None, broker_url: str | None) -> None:
     """Print the API token masters of this deployment use (read from the broker)."""
     from sje.broker.registry import open_broker
