@@ -54,10 +54,11 @@ def _forked(item: dict[str, Any], name: str | None = None) -> NoReturn:
 
 
 @sje.task
-def sleep_forever(item: dict[str, Any]) -> None:
-    """A task stuck in ``time.sleep``: the call itself is the hang under test."""
+def block_forever(item: dict[str, Any]) -> None:
+    """A task stuck in a blocking C call (a lock wait): the call itself is the hang under
+    test; it gives up only after the guard time."""
     _started(item)
-    time.sleep(_GUARD_S)
+    threading.Event().wait(_GUARD_S)
 
 
 @sje.task

@@ -60,7 +60,8 @@ def silent(x: int) -> int:
     return x
 
 
-_arrived: dict[str, int] = {}
+#: per group and step: how many calls reached it, and the event set when all of them have
+_arrived: dict[str, tuple[int, asyncio.Event]] = {}
 
 
 @sje.task
@@ -74,11 +75,15 @@ async def interleaved(item: dict[str, Any]) -> str:
         print(f"{name} step {step}")
         log.info("%s logged %d", name, step)
         key = f"{group}:{step}"
-        _arrived[key] = _arrived.get(key, 0) + 1
-        while _arrived[key] < size:
-            if loop.time() > deadline:
-                raise TimeoutError(f"only {_arrived[key]} of {size} calls reached step {step}")
-            await asyncio.sleep(0.005)
+        count, everyone = _arrived.get(key) or (0, asyncio.Event())
+        _arrived[key] = (count + 1, everyone)
+        if count + 1 == size:
+            everyone.set()
+        try:
+            await asyncio.wait_for(everyone.wait(), max(0.0, deadline - loop.time()))
+        except asyncio.TimeoutError:
+            got = _arrived[key][0]
+            raise TimeoutError(f"only {got} of {size} calls reached step {step}") from None
     return str(name)
 
 

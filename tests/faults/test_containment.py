@@ -28,7 +28,7 @@ from tests.support import ROOT, Proc, run_sje, sje_env, wait_until
 
 HOSTILE = "tests.apps.hostile_tasks"
 SQUARE = "tests.apps.sample_tasks.square"
-HUNG = ("setsid_grandchild", "sleep_forever", "spin", "ignore_sigterm")
+HUNG = ("setsid_grandchild", "block_forever", "spin", "ignore_sigterm")
 TIMEOUT_S = 2
 GRACE_S = 3.0  # a killed task's processes are gone within its timeout plus this
 

@@ -23,7 +23,7 @@ import pytest
 from sje.broker.amqp_queue import AmqpQueue
 from sje.broker.amqp_support import Delivery, QueueAtBound, pick_bucket, work_arguments
 from sje.errors import BrokerError
-from tests.support import free_port, wait_until
+from tests.support import eventually, free_port, wait_until
 
 T = TypeVar("T")
 Q = "default"
@@ -116,14 +116,8 @@ async def fetch_until(
     return got
 
 
-async def eventually(
-    check: Callable[[], Awaitable[object]], expected: object, what: str, timeout: float = 10.0
-) -> None:
-    """Poll ``check`` until it returns ``expected``; fail naming ``what`` after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while (value := await check()) != expected:
-        assert time.monotonic() < deadline, f"timed out waiting for {what} (last: {value})"
-        await asyncio.sleep(0.05)
+async def has_count(q: AmqpQueue, name: str, n: int) -> bool:
+    return await q.band_count(name) == n
 
 
 def msgs(*ids: str) -> list[tuple[str, bytes, dict[str, str | int | None]]]:
@@ -375,12 +369,12 @@ def test_a_message_past_its_delivery_limit_ends_in_the_dead_queue(
             (d,) = await fetch_until(q, 1)
             assert d.message_id == "poison" and d.delivery_count == attempt
             await q.reject(d, requeue=True)
-        await eventually(lambda: q.band_count(q.names.dead), 1, "the dead-lettered message")
+        await eventually(lambda: has_count(q, q.names.dead, 1), "the dead-lettered message")
         assert await q.depth(Q) == 0
         await q.publish(Q, 0, msgs("refused"))
         (d,) = await fetch_until(q, 1)
         await q.reject(d, requeue=False)  # dead-lettered at once
-        await eventually(lambda: q.band_count(q.names.dead), 2, "the rejected message")
+        await eventually(lambda: has_count(q, q.names.dead, 2), "the rejected message")
         conn = await aio_pika.connect(amqp_url)
         channel = await conn.channel()
         dead_queue = await channel.get_queue(q.names.dead, ensure=False)

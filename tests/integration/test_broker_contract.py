@@ -37,7 +37,7 @@ from sje.master.planner import plan
 from sje.models import TaskMessage, parse_job
 from sje.signing import verify
 from sje.tasks import TaskDefaults
-from tests.support import ROOT
+from tests.support import ROOT, eventually
 
 T = TypeVar("T")
 W1, W2 = "worker-1", "worker-2"
@@ -99,18 +99,6 @@ def payload_of(message: TaskMessage) -> bytes:
     payload = verify(KEY, message.id, message.header, message.payload)
     assert payload is not None, f"bad signature on {message.id}"
     return payload
-
-
-async def eventually(check: Callable[[], Awaitable[T]], what: str, timeout: float = 10.0) -> T:
-    """Poll ``check`` until it returns something truthy; fail naming ``what`` on timeout."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 async def later_than(b: Broker, seconds: float) -> None:
@@ -370,6 +358,8 @@ def test_concurrent_consumers_never_get_a_leased_task(store: Store) -> None:
         consumers = [store.open() for _ in range(4)]
         held: dict[str, str] = {}
         delivered: list[str] = []
+        first_batches: list[str] = []
+        all_hold = asyncio.Event()  # set once every consumer holds its first batch
 
         async def consume(wid: str, c: Broker) -> None:
             while got := await c.fetch(wid, ["default"], 3, LONG_LEASE):
@@ -377,7 +367,12 @@ def test_concurrent_consumers_never_get_a_leased_task(store: Store) -> None:
                     assert m.id not in held, f"{m.id} went to {wid} while {held[m.id]} held it"
                     held[m.id] = wid
                     delivered.append(m.id)
-                await asyncio.sleep(0)  # the others fetch while these are held
+                if wid not in first_batches:
+                    first_batches.append(wid)
+                    if len(first_batches) == len(consumers):
+                        all_hold.set()
+                    # the others fetch while these are held
+                    await asyncio.wait_for(all_hold.wait(), 10.0)
                 for m in got:
                     assert await c.complete(m.id, wid, b"1") == "ok"
                     del held[m.id]
@@ -401,7 +396,8 @@ def test_wait_for_work_returns_when_another_broker_queues_a_task(store: Store) -
         other = store.open()
         try:
             waiting = asyncio.ensure_future(b.wait_for_work(["default"], 30.0))
-            await asyncio.sleep(0)
+            done, _ = await asyncio.wait({waiting}, timeout=0.05)
+            assert not done, "nothing is queued yet: the worker waits"
             started = time.monotonic()
             await submit_ok(other, make_job({"task": "t", "inputs": [1]}))
             await asyncio.wait_for(waiting, 10.0)
@@ -912,7 +908,8 @@ def test_events_wait_for_the_next_event_of_the_job(store: Store) -> None:
         other = store.open()
         try:
             waiting = asyncio.ensure_future(b.events(job.id, last, 20_000))
-            await asyncio.sleep(0)
+            done, _ = await asyncio.wait({waiting}, timeout=0.05)
+            assert not done, "no new event yet: the reader waits"
             await other.fetch(W1, ["default"], 1, LONG_LEASE)
             got = await asyncio.wait_for(waiting, 10.0)
         finally:

@@ -71,18 +71,24 @@ def test_each_async_task_writes_to_its_own_buffer_and_anything_else_to_the_real_
     real = io.StringIO()
     proxy = TaskOutput(real)
 
-    async def task(name: str, turns: list[str]) -> TaskBuffer:
+    async def task(
+        name: str, other: str, turns: list[str], baton: dict[str, asyncio.Event]
+    ) -> TaskBuffer:
         buffer = capture_task_output()
         for step in range(3):
+            await baton[name].wait()  # take turns: a, b, a, b, ...
+            baton[name].clear()
             turns.append(name)
             proxy.write(f"{name} {step}\n")
-            await asyncio.sleep(0)
+            baton[other].set()
         return buffer
 
     async def scenario() -> tuple[list[TaskBuffer], list[str]]:
         turns: list[str] = []
+        baton = {"a": asyncio.Event(), "b": asyncio.Event()}
+        baton["a"].set()
         proxy.write("outside\n")
-        buffers = await asyncio.gather(task("a", turns), task("b", turns))
+        buffers = await asyncio.gather(task("a", "b", turns, baton), task("b", "a", turns, baton))
         proxy.write("after\n")
         return list(buffers), turns
 
