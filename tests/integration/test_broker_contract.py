@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 import orjson
 import pytest
 
-from sje.broker import redis_logs, redis_views
+from sje.broker import redis_logs, views_shape
 from sje.broker.base import Broker, JobQuery, NewJob
 from sje.broker.registry import open_broker
 from sje.config import MasterSettings
@@ -1437,9 +1437,9 @@ def test_find_jobs_scans_at_most_the_budget_per_call_then_continues(
 ) -> None:
     """Within the budget of index entries only newer, cancelled jobs: the first call returns
     no row but where to continue, and the next one finds the old pending ones."""
-    assert redis_views.SCAN_BUDGET == 10_000  # docs/monitor.md promises this number
+    assert views_shape.SCAN_BUDGET == 10_000  # docs/monitor.md promises this number
     budget = 20
-    monkeypatch.setattr(redis_views, "SCAN_BUDGET", budget)
+    monkeypatch.setattr(views_shape, "SCAN_BUDGET", budget)
 
     async def scenario(b: Broker) -> None:
         old = [await submit(b, {"task": "t", "name": f"old {i}", "inputs": [1]}) for i in range(3)]

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import redis
 
-from sje.broker import redis_views
+from sje.broker import views_shape
+from sje.broker.base import JobQuery
 from sje.broker.redis import RedisBroker
-from sje.broker.redis_views import JobQuery
 from tests.integration.test_broker_contract import all_pages, job_of, newest_first, submit
 from tests.integration.test_redis_broker import run
 
@@ -18,7 +18,7 @@ def test_find_jobs_scans_at_most_the_budget_per_call_then_continues(
 ) -> None:
     """Behind the budget of index entries only old jobs match: the first call returns no row
     but where to continue, and the next one finds them."""
-    budget = redis_views.SCAN_BUDGET
+    budget = views_shape.SCAN_BUDGET
     assert budget == 10_000  # docs/monitor.md promises this number
 
     async def scenario(b: RedisBroker) -> None:

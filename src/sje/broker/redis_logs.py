@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from sje.broker.base import LogPage as LogPage
+from sje.broker.base import LogPage
 
 if TYPE_CHECKING:
     from sje.broker.redis import RedisBroker

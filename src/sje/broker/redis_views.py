@@ -7,28 +7,17 @@ answers as fast as one with ten.
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from sje.broker.base import JobQuery as JobQuery
-from sje.broker.base import Snapshot as Snapshot
+from sje.broker import views_shape as shape
+from sje.broker.base import JobQuery, Snapshot
 from sje.events import SLOT_S
 from sje.models import JobState
 
 if TYPE_CHECKING:
     from sje.broker.redis import RedisBroker
-
-#: job ids a jobs query looks at per call before it returns a ``next`` offset (one script call
-#: that blocks Redis for a few milliseconds at most)
-SCAN_BUDGET = 10_000
-#: unfinished jobs whose counters the per-queue gauges sum, at most
-ACTIVE_BUDGET = 5_000
-_PRIO_BAND = 10**13
-_UNFINISHED = ("queued", "running", "retrying")
-#: rates are measured over this many seconds of full throughput slots
-RATE_WINDOW_S = 60
 
 
 def _s(value: bytes | None) -> str:
@@ -100,10 +89,10 @@ class RedisViews:
 
     async def unfinished(self) -> dict[str, dict[str, int]]:
         """Queued, running and retrying tasks of unfinished jobs, by queue (one read-only
-        script over at most ``ACTIVE_BUDGET`` jobs)."""
-        raw = await self._b.run_script("unfinished", ACTIVE_BUDGET)
+        script over at most ``shape.ACTIVE_BUDGET`` jobs)."""
+        raw = await self._b.run_script("unfinished", shape.ACTIVE_BUDGET)
         return {
-            raw[i].decode(): dict(zip(_UNFINISHED, map(int, raw[i + 1 : i + 4]), strict=True))
+            raw[i].decode(): dict(zip(shape.UNFINISHED, map(int, raw[i + 1 : i + 4]), strict=True))
             for i in range(0, len(raw), 4)
         }
 
@@ -124,37 +113,9 @@ class RedisViews:
         snap = await self.snapshot()
         now = await self._b.server_time()
         series, _ = await self.throughput(window_s)
-        recent = series[-(RATE_WINDOW_S // SLOT_S + 1) :]
-        span = rate_span(now, len(recent))
-        totals = dict.fromkeys(("succeeded", "failed", "dead", "retried"), 0)
-        for key, n in snap.stats.items():
-            kind, _, outcome = key.rpartition("|")
-            if kind.startswith("tasks|") and outcome in totals:
-                totals[outcome] += n
         with self._b.guard():
             active = int(await self._r.zcard(self._k("active")))
-        jobs = {
-            s: snap.stats.get(f"jobs|{s}", 0)
-            for s in ("submitted", "succeeded", "failed", "cancelled", "timed_out")
-        }
-        alive = [w for w in snap.workers if w["state"] == "alive"]
-        return {
-            "jobs": {**jobs, "active": active},
-            "tasks": totals,
-            "rates": {
-                "succeeded_per_s": round(sum(s["succeeded"] for s in recent) / span, 3),
-                "failed_per_s": round(sum(s["failed"] for s in recent) / span, 3),
-            },
-            "series": series,
-            "queues": [{"name": q, "depth": snap.depths[q]} for q in snap.queues],
-            "workers": {
-                "alive": len(alive),
-                "lost": len(snap.workers) - len(alive),
-                "busy": sum(int(w.get("busy", w.get("running", 0))) for w in alive),
-                "slots": sum(int(w.get("concurrency", 0)) for w in alive),
-            },
-            "dead_letters": snap.dead_letters,
-        }
+        return shape.overview(snap, series, now, active)
 
     # -- jobs -------------------------------------------------------------------------------
 
@@ -163,12 +124,10 @@ class RedisViews:
     ) -> tuple[list[dict[str, str]], int | None]:
         """Jobs matching ``query``, newest first, from ``offset`` in the (time-filtered) index;
         returns (rows, the offset to continue from or None at the end)."""
-        if query.id_prefix and len(query.id_prefix) == 32 and offset == 0:
-            exact = await self._b.job(query.id_prefix)
-            created = int((exact or {}).get("created_at") or 0)
-            in_range = (query.since_ms or 0) <= created <= (query.until_ms or created)
-            if exact is not None and in_range and self._matches(query, exact):
-                return [{"id": query.id_prefix, **exact}], None
+        if shape.is_full_id(query):
+            exact = await self._b.job(str(query.id_prefix))
+            if exact is not None and shape.exact_hit(query, offset, exact):
+                return [{"id": str(query.id_prefix), **exact}], None
         hi = "+inf" if query.until_ms is None else str(query.until_ms)
         lo = "-inf" if query.since_ms is None else str(query.since_ms)
         next_offset, *ids = await self._b.run_script(
@@ -177,19 +136,13 @@ class RedisViews:
             lo,
             offset,
             limit,
-            SCAN_BUDGET,
+            shape.SCAN_BUDGET,
             query.state or "",
             (query.name or "").lower(),
             query.id_prefix or "",
         )
         rows = await self._rows([i.decode() for i in ids])
         return rows, None if int(next_offset) < 0 else int(next_offset)
-
-    @staticmethod
-    def _matches(query: JobQuery, job: dict[str, str]) -> bool:
-        if query.state and job.get("state") != query.state:
-            return False
-        return not query.name or query.name.lower() in (job.get("name") or "").lower()
 
     async def _rows(self, ids: list[str]) -> list[dict[str, str]]:
         with self._b.guard():
@@ -215,7 +168,8 @@ class RedisViews:
         if state:
             states = await self._task_states(job_id, state)
             every = [str(i) for i in range(n)] + (["r"] if job.get("reduce") else [])
-            indices = [i for i in every if _shown_state(states.get(i, "queued"), finished) == state]
+            shown = (shape.shown_state(states.get(i, "queued"), finished) for i in every)
+            indices = [i for i, st in zip(every, shown, strict=True) if st == state]
             total, page = len(indices), indices[offset : offset + limit]
         else:
             page = [str(i) if i < n else "r" for i in range(offset, min(total, offset + limit))]
@@ -226,21 +180,10 @@ class RedisViews:
             for suffix in ("st", "att", "d", "w", "err"):
                 pipe.hmget(self._k("job", job_id, suffix), page)
             st, att, dur, wid, err = await pipe.execute()
-        rows = []
-        for pos, idx in enumerate(page):
-            error = orjson.loads(err[pos]) if err[pos] else None
-            rows.append(
-                {
-                    "index": idx,
-                    "state": _shown_state(_s(st[pos]) or "queued", finished),
-                    "attempts": int(att[pos] or 0),
-                    "duration_s": int(dur[pos]) / 1000 if dur[pos] else None,
-                    "worker": _s(wid[pos]) or None,
-                    "error": {"type": error.get("type"), "message": error.get("message")}
-                    if isinstance(error, dict)
-                    else None,
-                }
-            )
+        rows = [
+            shape.task_row(idx, _s(st[pos]), att[pos], dur[pos], _s(wid[pos]), err[pos], finished)
+            for pos, idx in enumerate(page)
+        ]
         return total, rows
 
     async def _task_states(self, job_id: str, state: str) -> dict[str, str]:
@@ -285,28 +228,16 @@ class RedisViews:
         names = await self.queue_names()
         now = await self._b.server_time()
         now_ms = int(now * 1000)
-        _, recent = await self.throughput(SLOT_S, RATE_WINDOW_S)
-        span = rate_span(now, RATE_WINDOW_S // SLOT_S + 1)
+        _, recent = await self.throughput(SLOT_S, shape.RATE_WINDOW_S)
+        span = shape.rate_span(now, shape.RATE_WINDOW_S // SLOT_S + 1)
         unfinished = await self.unfinished()
         out = []
         for name in names:
             depth, heads, peeked = await self._queue_heads(name, peek)
             ready = await self._ready_times([m for m, _ in heads + peeked])
             waits = [now_ms - ready[m] for m, _ in heads + peeked if m in ready]
-            counts = unfinished.get(name, {})
-            done = recent.get(name, {})
-            out.append(
-                {
-                    "name": name,
-                    "depth": depth,
-                    "running": counts.get("running", 0),
-                    "retrying": counts.get("retrying", 0),
-                    "succeeded_per_s": round(done.get("succeeded", 0) / span, 3),
-                    "failed_per_s": round(done.get("failed", 0) / span, 3),
-                    "oldest_wait_s": round(max(waits) / 1000, 3) if waits else None,
-                    "peek": await self._peek_rows(peeked, ready, now_ms),
-                }
-            )
+            rows = await self._peek_rows(peeked, ready, now_ms)
+            out.append(shape.queue_row(name, depth, unfinished, recent, span, waits, rows))
         with self._b.guard():
             dead = int(await self._r.zcard(self._k("dlq")))
         return {"queues": out, "dead_letters": dead}
@@ -321,7 +252,7 @@ class RedisViews:
             pipe.zcard(q)
             pipe.zrange(q, 0, peek - 1, withscores=True)  # peek 0 would mean all: dropped
             for band in range(10):
-                lo, hi = band * _PRIO_BAND, (band + 1) * _PRIO_BAND
+                lo, hi = band * shape.PRIO_BAND, (band + 1) * shape.PRIO_BAND
                 pipe.zrangebyscore(q, lo, f"({hi}", start=0, num=1, withscores=True)
             depth, peeked, *bands = await pipe.execute()
         heads = [(m.decode(), s) for band in bands for m, s in band]
@@ -357,28 +288,7 @@ class RedisViews:
             names = dict(zip(jobs, await pipe.execute(), strict=True))
         rows = []
         for member, score in peeked:
-            jid, _, idx = member.partition(":")
-            name, task = names.get(jid) or (None, None)
-            rows.append(
-                {
-                    "task": member,
-                    "job": jid,
-                    "index": idx,
-                    "name": _s(name) or _s(task) or None,
-                    "priority": 9 - math.floor(score / _PRIO_BAND),
-                    "waiting_s": round((now_ms - ready[member]) / 1000, 3)
-                    if member in ready
-                    else None,
-                }
-            )
+            name, task = names.get(member.partition(":")[0]) or (None, None)
+            label = _s(name) or _s(task)
+            rows.append(shape.peek_row(member, score, ready.get(member), label, now_ms))
         return rows
-
-
-def rate_span(now: float, slots: int) -> float:
-    """Seconds covered by the last ``slots`` throughput slots, the current partial one included."""
-    return max(1.0, (slots - 1) * SLOT_S + now % SLOT_S)
-
-
-def _shown_state(stored: str, job_finished: bool) -> str:
-    """A task's state as shown: unfinished tasks of a finished job were cancelled."""
-    return "cancelled" if job_finished and stored in _UNFINISHED else stored

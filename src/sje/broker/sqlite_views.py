@@ -5,12 +5,11 @@ orders and bounds of ``redis_views``.
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from sje.broker import redis_views as shared
+from sje.broker import views_shape as shape
 from sje.broker.base import JobQuery, Snapshot
 from sje.broker.sqlite_tx import (
     JOB_COLUMNS,
@@ -27,7 +26,6 @@ from sje.models import JobState
 if TYPE_CHECKING:
     from sje.broker.sqlite import SQLiteBroker
 
-_UNFINISHED = ("queued", "running", "retrying")
 _ACTIVE = "state IN ('pending', 'running')"
 _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 
@@ -98,13 +96,13 @@ class SQLiteViews:
             lambda tx: tx.all(
                 f"SELECT queue, c_queued, c_running, c_retrying FROM jobs WHERE {_ACTIVE} "
                 "ORDER BY created_at, id LIMIT ?",
-                shared.ACTIVE_BUDGET,
+                shape.ACTIVE_BUDGET,
             )
         )
         out: dict[str, dict[str, int]] = {}
         for queue, *counts in rows:
-            sums = out.setdefault(queue, dict.fromkeys(_UNFINISHED, 0))
-            for name, n in zip(_UNFINISHED, counts, strict=True):
+            sums = out.setdefault(queue, dict.fromkeys(shape.UNFINISHED, 0))
+            for name, n in zip(shape.UNFINISHED, counts, strict=True):
                 sums[name] += n
         return out
 
@@ -126,38 +124,10 @@ class SQLiteViews:
         snap = await self.snapshot()
         now = await self._b.server_time()
         series, _ = await self.throughput(window_s)
-        recent = series[-(shared.RATE_WINDOW_S // SLOT_S + 1) :]
-        span = shared.rate_span(now, len(recent))
-        totals = dict.fromkeys(("succeeded", "failed", "dead", "retried"), 0)
-        for key, n in snap.stats.items():
-            kind, _, outcome = key.rpartition("|")
-            if kind.startswith("tasks|") and outcome in totals:
-                totals[outcome] += n
         (active,) = await self._b.read(
             lambda tx: tx.one(f"SELECT count(*) FROM jobs WHERE {_ACTIVE}")
         )
-        jobs = {
-            s: snap.stats.get(f"jobs|{s}", 0)
-            for s in ("submitted", "succeeded", "failed", "cancelled", "timed_out")
-        }
-        alive = [w for w in snap.workers if w["state"] == "alive"]
-        return {
-            "jobs": {**jobs, "active": active},
-            "tasks": totals,
-            "rates": {
-                "succeeded_per_s": round(sum(s["succeeded"] for s in recent) / span, 3),
-                "failed_per_s": round(sum(s["failed"] for s in recent) / span, 3),
-            },
-            "series": series,
-            "queues": [{"name": q, "depth": snap.depths[q]} for q in snap.queues],
-            "workers": {
-                "alive": len(alive),
-                "lost": len(snap.workers) - len(alive),
-                "busy": sum(int(w.get("busy", w.get("running", 0))) for w in alive),
-                "slots": sum(int(w.get("concurrency", 0)) for w in alive),
-            },
-            "dead_letters": snap.dead_letters,
-        }
+        return shape.overview(snap, series, now, int(active))
 
     # -- jobs -------------------------------------------------------------------------------
 
@@ -167,13 +137,11 @@ class SQLiteViews:
         """Jobs matching ``query``, newest first, from ``offset`` in the (time-filtered) index
         of at most ``SCAN_BUDGET`` ids per call; returns (rows, the offset to continue from or
         None at the end). Expired jobs not yet pruned count as scanned, as on Redis."""
-        if query.id_prefix and len(query.id_prefix) == 32 and offset == 0:
-            exact = await self._b.job(query.id_prefix)
-            created = int((exact or {}).get("created_at") or 0)
-            in_range = (query.since_ms or 0) <= created <= (query.until_ms or created)
-            if exact is not None and in_range and shared.RedisViews._matches(query, exact):
-                return [{"id": query.id_prefix, **exact}], None
-        return await self._b.read(_find_jobs, query, limit, offset, shared.SCAN_BUDGET)
+        if shape.is_full_id(query):
+            exact = await self._b.job(str(query.id_prefix))
+            if exact is not None and shape.exact_hit(query, offset, exact):
+                return [{"id": str(query.id_prefix), **exact}], None
+        return await self._b.read(_find_jobs, query, limit, offset, shape.SCAN_BUDGET)
 
     # -- one job ------------------------------------------------------------------------------
 
@@ -221,8 +189,8 @@ class SQLiteViews:
     async def queues(self, peek: int) -> dict[str, Any]:
         names = await self.queue_names()
         now = await self._b.server_time()
-        _, recent = await self.throughput(SLOT_S, shared.RATE_WINDOW_S)
-        span = shared.rate_span(now, shared.RATE_WINDOW_S // SLOT_S + 1)
+        _, recent = await self.throughput(SLOT_S, shape.RATE_WINDOW_S)
+        span = shape.rate_span(now, shape.RATE_WINDOW_S // SLOT_S + 1)
         unfinished = await self.unfinished()
         heads = await self._b.read(_queue_heads, names, peek)
         now_ms = int(now * 1000)
@@ -230,20 +198,8 @@ class SQLiteViews:
         for name in names:
             depth, peeked, ready = heads[name]
             waits = [now_ms - t for t in ready]
-            counts = unfinished.get(name, {})
-            done = recent.get(name, {})
-            out.append(
-                {
-                    "name": name,
-                    "depth": depth,
-                    "running": counts.get("running", 0),
-                    "retrying": counts.get("retrying", 0),
-                    "succeeded_per_s": round(done.get("succeeded", 0) / span, 3),
-                    "failed_per_s": round(done.get("failed", 0) / span, 3),
-                    "oldest_wait_s": round(max(waits) / 1000, 3) if waits else None,
-                    "peek": [_peek_row(row, now_ms) for row in peeked],
-                }
-            )
+            rows = [shape.peek_row(m, sc, t, nm or tk, now_ms) for m, sc, t, nm, tk in peeked]
+            out.append(shape.queue_row(name, depth, unfinished, recent, span, waits, rows))
         return {"queues": out, "dead_letters": await self._dead_letters()}
 
 
@@ -298,7 +254,8 @@ def _tasks(
             for idx, st, no_error in (rows if live else [])
             if not (errors_only and no_error)
         }
-        indices = [i for i in every if _shown_state(states.get(i, "queued"), finished) == state]
+        shown = (shape.shown_state(states.get(i, "queued"), finished) for i in every)
+        indices = [i for i, st in zip(every, shown, strict=True) if st == state]
         total, page = len(indices), indices[offset : offset + limit]
     else:
         total, page = len(every), every[offset : offset + limit]
@@ -312,27 +269,11 @@ def _tasks(
             *(-1 if i == "r" else int(i) for i in page),
         ):
             stored[index_text(idx)] = tuple(values)
-    return total, [_task_row(i, stored.get(i), finished) for i in page]
-
-
-def _task_row(index: str, values: tuple[Any, ...] | None, finished: bool) -> dict[str, Any]:
-    st, att, dur, wid, err = values or ("queued", 0, None, None, None)
-    error = orjson.loads(err) if err else None
-    return {
-        "index": index,
-        "state": _shown_state(st or "queued", finished),
-        "attempts": int(att or 0),
-        "duration_s": int(dur) / 1000 if dur is not None else None,
-        "worker": wid or None,
-        "error": {"type": error.get("type"), "message": error.get("message")}
-        if isinstance(error, dict)
-        else None,
-    }
-
-
-def _shown_state(stored: str, job_finished: bool) -> str:
-    """A task's state as shown: unfinished tasks of a finished job were cancelled."""
-    return "cancelled" if job_finished and stored in _UNFINISHED else stored
+    rows = []
+    for i in page:
+        st, att, dur, wid, err = stored.get(i, ("queued", 0, None, None, None))
+        rows.append(shape.task_row(i, st, att, dur, wid, err, finished))
+    return total, rows
 
 
 _HEAD = (
@@ -347,7 +288,7 @@ def _queue_heads(
 ) -> dict[str, tuple[int, list[Any], list[int]]]:
     """Per queue: (depth, the first ``peek`` entries, when the first entry of each priority
     and each peeked one became ready)."""
-    band = 10**13
+    band = shape.PRIO_BAND
     out = {}
     for name in names:
         row = tx.one("SELECT depth FROM queues WHERE name = ?", name)
@@ -355,16 +296,3 @@ def _queue_heads(
         heads = [r for b in range(10) for r in tx.all(_HEAD, name, b * band, (b + 1) * band, 1)]
         out[name] = (0 if row is None else int(row[0]), peeked, [r[2] for r in heads + peeked])
     return out
-
-
-def _peek_row(row: Any, now_ms: int) -> dict[str, Any]:
-    member, score, ready, name, task = row
-    jid, _, idx = str(member).partition(":")
-    return {
-        "task": member,
-        "job": jid,
-        "index": idx,
-        "name": name or task or None,
-        "priority": 9 - math.floor(score / 10**13),
-        "waiting_s": round((now_ms - ready) / 1000, 3),
-    }

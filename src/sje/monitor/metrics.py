@@ -17,7 +17,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from sje.broker.redis_views import Snapshot
+from sje.broker.base import Snapshot
 from sje.events import HISTOGRAM_BOUNDS_MS
 
 _OUTCOMES = ("succeeded", "failed", "dead")
