@@ -33,7 +33,7 @@ class RedisDeadLetters:
             total = int(await r.zcard(self._zset))
             ids = await r.zrevrange(self._zset, offset, offset + limit - 1) if limit > 0 else []
             rows = await r.hmget(self._entries, ids) if ids else []
-        return total, [_view(row) for row in rows if row]
+        return total, [entry_view(row) for row in rows if row]
 
     async def entry(self, entry_id: str) -> dict[str, Any] | None:
         """The entry with its payload (or raw queue entry) and its job's current state."""
@@ -42,24 +42,15 @@ class RedisDeadLetters:
             row = await r.hget(self._entries, entry_id)
             if row is None:
                 return None
-            entry = _view(row)
-            job_id, index = entry.get("job"), entry.get("task")
+            stored_entry = orjson.loads(row)
+            job_id, index = stored_entry.get("job"), stored_entry.get("task")
             if job_id is None:
-                raw = await r.hget(self._raw, entry_id)
-                entry["raw"] = _printable(raw or b"")
-                return entry
+                return shown_entry(row, await r.hget(self._raw, entry_id), None, None)
             pipe = r.pipeline(transaction=False)
             pipe.hget(self._b.key("job", job_id), "state")
             pipe.hget(self._b.key("job", job_id, "in"), index)
             state, stored = await pipe.execute()
-            entry["job_state"] = state.decode() if state else "expired"
-            if index != "r":
-                if stored is None:
-                    entry["payload"] = None
-                else:
-                    entry["signature"] = _printable(stored[:SIG_LEN])
-                    entry["payload"] = _printable(stored[SIG_LEN:])
-        return entry
+        return shown_entry(row, None, state.decode() if state else None, stored)
 
     async def requeue(self, entry_id: str, job_id: str = "") -> tuple[str, str, int]:
         """(status, job id, tasks queued); see requeue.lua for the statuses. Given ``job_id``,
@@ -89,7 +80,27 @@ class RedisDeadLetters:
         return int(removed)
 
 
-def _view(row: bytes) -> dict[str, Any]:
+def shown_entry(
+    row: bytes | str, raw: bytes | None, job_state: str | None, stored: bytes | None
+) -> dict[str, Any]:
+    """An entry as ``show`` returns it, on every store: an orphan with its ``raw`` queue
+    entry; a task with its job's state (``expired`` when gone) and its signature and payload
+    (none for a reduce step, whose input is its job's results)."""
+    entry = entry_view(row)
+    if entry.get("job") is None:
+        entry["raw"] = _printable(raw or b"")
+        return entry
+    entry["job_state"] = job_state or "expired"
+    if entry.get("task") != "r":
+        if stored is None:
+            entry["payload"] = None
+        else:
+            entry["signature"] = _printable(stored[:SIG_LEN])
+            entry["payload"] = _printable(stored[SIG_LEN:])
+    return entry
+
+
+def entry_view(row: bytes | str) -> dict[str, Any]:
     """A stored entry as the API shows it: ``at`` in epoch seconds, like every other time."""
     entry: dict[str, Any] = orjson.loads(row)
     if isinstance(entry.get("at"), (int, float)):

@@ -13,9 +13,8 @@ import orjson
 from sje.broker import redis_logs as bounds
 from sje.broker import sqlite_admin as admin
 from sje.broker.base import LogPage
-from sje.broker.redis_dlq import _printable, _view
+from sje.broker.redis_dlq import entry_view, shown_entry
 from sje.broker.sqlite_tx import LIVE, Tx, event_id, parse_index
-from sje.signing import SIG_LEN
 
 if TYPE_CHECKING:
     from sje.broker.sqlite import SQLiteBroker
@@ -63,7 +62,7 @@ class SQLiteDeadLetters:
             return total, rows
 
         total, rows = await self._b.read(read)
-        return total, [_view(row[0]) for row in rows]
+        return total, [entry_view(row[0]) for row in rows]
 
     async def entry(self, entry_id: str) -> dict[str, Any] | None:
         """The entry with its payload (or raw queue entry) and its job's current state."""
@@ -71,19 +70,7 @@ class SQLiteDeadLetters:
         if found is None:
             return None
         row, state, stored = found
-        entry = _view(row[0])
-        job_id, index = entry.get("job"), entry.get("task")
-        if job_id is None:
-            entry["raw"] = _printable(row[1] or b"")
-            return entry
-        entry["job_state"] = state or "expired"
-        if index != "r":
-            if stored is None:
-                entry["payload"] = None
-            else:
-                entry["signature"] = _printable(stored[:SIG_LEN])
-                entry["payload"] = _printable(stored[SIG_LEN:])
-        return entry
+        return shown_entry(row[0], row[1], state, stored)
 
     async def requeue(self, entry_id: str, job_id: str = "") -> tuple[str, str, int]:
         """(status, job id, tasks queued); see ``sqlite_admin.requeue`` for the statuses.
