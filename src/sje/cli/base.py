@@ -67,8 +67,12 @@ def json_flag(fn: F) -> F:
     return click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")(fn)
 
 
-def print_json(data: Any) -> None:
-    sys.stdout.write(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n")
+def print_json(data: Any, one_line: bool = False) -> None:
+    """JSON for scripts: indented, or ``one_line`` (one record per line, for streams)."""
+    option = 0 if one_line else orjson.OPT_INDENT_2
+    sys.stdout.write(orjson.dumps(data, option=option).decode() + "\n")
+    if one_line:
+        sys.stdout.flush()  # a reader of the stream sees each event as it happens
 
 
 def client_for(config_file: str | None) -> Client:

@@ -65,7 +65,7 @@ def watch(config_file: str | None, as_json: bool, job_id: str, timeout: float | 
     final: dict[str, Any] = {}
     if as_json:
         for event in handle.events(timeout):
-            print_json(event)
+            print_json(event, one_line=True)
             final = event
     else:
         with progress_bar() as bar:
