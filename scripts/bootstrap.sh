@@ -1,8 +1,17 @@
 #!/usr/bin/env bash
-# Install SJE and its development tools into .venv, and make sure Redis and RabbitMQ are reachable
-# (installing and starting them when they are not). Safe to run again; it only does what is missing.
+# Install SJE and its development tools into .venv. SJE itself needs nothing else: with no broker
+# configured it keeps its queue in an embedded SQLite file.
+# With --test, also make sure what the test suite talks to is there: Redis and RabbitMQ reachable
+# (installed with apt-get and started when they are not) and Debian's chromium.
+# Safe to run again; it only does what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+FOR_TESTS=0
+case "${1:-}" in
+  --test) FOR_TESTS=1 ;;
+  "") ;;
+  *) echo "usage: scripts/bootstrap.sh [--test]   (--test: also the servers the tests need)" >&2; exit 2 ;;
+esac
 
 PYTHON=${PYTHON:-python3}
 REDIS_URL_HOST=127.0.0.1
@@ -63,6 +72,11 @@ except OSError:
     sys.exit(1)
 PY
 }
+
+if [ "$FOR_TESTS" -eq 0 ]; then
+  say "ready: .venv is installed (run .venv/bin/sje up --example)"
+  exit 0
+fi
 
 # the test suite starts private Redis servers (AOF, TLS) of its own, so the binary is needed
 # even when a Redis already answers; openssl makes the TLS tests' certificates

@@ -31,9 +31,10 @@ from sje._validation import (
     parse_duration,
 )
 from sje.errors import ConfigError
-from sje.security import local_token
+from sje.security import local_token, state_dir
 
-DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
+#: where ``redis-host``/``redis-port`` point when no ``broker-url`` is given
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_MASTER_URL = "http://127.0.0.1:7070"
 
 S = TypeVar("S", bound=BaseModel)
@@ -56,8 +57,14 @@ class _Settings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def default_broker_url() -> str:
+    """The embedded store every process on this host shares when no broker is configured:
+    ``sje.db`` in the state directory (``$SJE_STATE_DIR``, else ``~/.local/state/sje``)."""
+    return "sqlite:///" + str(state_dir() / "sje.db")
+
+
 class BrokerSettings(_Settings):
-    broker_url: str = DEFAULT_BROKER_URL
+    broker_url: str | None = None
     redis_host: str | None = None
     redis_port: int | None = Field(default=None, ge=1, le=65535)
     key_prefix: str = Field(default="sje", min_length=1, max_length=64)
@@ -66,10 +73,11 @@ class BrokerSettings(_Settings):
 
     @property
     def effective_broker_url(self) -> str:
-        """``broker-url``, with ``redis-host``/``redis-port`` replacing its address when given."""
+        """``broker-url``, with ``redis-host``/``redis-port`` replacing its address when given;
+        with neither, the embedded SQLite file of ``default_broker_url``."""
         if self.redis_host is None and self.redis_port is None:
-            return self.broker_url
-        parts = urlsplit(self.broker_url)
+            return self.broker_url or default_broker_url()
+        parts = urlsplit(self.broker_url or DEFAULT_REDIS_URL)
         host = self.redis_host or parts.hostname or "127.0.0.1"
         port = self.redis_port or parts.port or 6379
         netloc = _netloc(parts.username, parts.password, host, port)

@@ -9,11 +9,11 @@ import pytest
 
 from sje._validation import parse_duration
 from sje.config import (
-    DEFAULT_BROKER_URL,
     DEFAULT_MASTER_URL,
     BrokerSettings,
     ClientSettings,
     MasterSettings,
+    MonitorSettings,
     WorkerSettings,
     config_path,
     env_name,
@@ -43,7 +43,7 @@ def write(tmp_path: Path, text: str, name: str = "sje.yaml") -> Path:
 
 def test_defaults_apply_without_file_env_or_flags() -> None:
     master = load_settings(MasterSettings, None)
-    assert master.broker_url == DEFAULT_BROKER_URL
+    assert master.broker_url is None
     assert master.bind_address == "127.0.0.1"
     assert master.port == 7070
     assert master.lease_timeout == 30.0
@@ -291,6 +291,15 @@ def test_empty_queue_list_is_refused(tmp_path: Path) -> None:
 def test_effective_broker_url_is_broker_url_without_host_or_port() -> None:
     settings = BrokerSettings(broker_url="redis://h:1/3")
     assert settings.effective_broker_url == "redis://h:1/3"
+
+
+def test_without_broker_url_every_process_shares_the_sqlite_file_in_the_state_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SJE_STATE_DIR", str(tmp_path / "state"))
+    for kind in (MasterSettings, WorkerSettings, MonitorSettings):
+        url = load_settings(kind, None).effective_broker_url
+        assert url == f"sqlite:///{tmp_path}/state/sje.db"
 
 
 def test_redis_host_and_port_replace_the_address_keeping_auth_and_db() -> None:

@@ -38,7 +38,7 @@ def test_example_monitor_file_loads_with_its_documented_values() -> None:
     settings = load_settings(MonitorSettings, CONFIG / "monitor.yaml")
     assert (settings.bind_address, settings.port) == ("127.0.0.1", 7071)
     assert (settings.auth, settings.key_prefix) == ("token", "sje")
-    assert settings.broker_url == "redis://127.0.0.1:6379/0"
+    assert settings.broker_url is None  # the embedded SQLite default
 
 
 @pytest.mark.parametrize("name", ["primes", "one-range", "pauses"])

@@ -10,6 +10,7 @@ from importlib import resources
 from urllib.parse import unquote, urlsplit
 
 from sje.errors import BrokerError, ConfigError
+from sje.security import state_dir
 
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_MS = 5000
@@ -38,6 +39,8 @@ def database_path(url: str) -> str:
 def open_database(path: str) -> sqlite3.Connection:
     """A connection to the file (created with its tables when new), in WAL mode."""
     folder = os.path.dirname(path)
+    if not os.path.isdir(folder) and os.path.abspath(state_dir()) == folder:
+        os.makedirs(folder, mode=0o700, exist_ok=True)  # the default store's home
     if not os.path.isdir(folder):
         raise BrokerError(
             f"Cannot open the SQLite database {path}: the directory {folder} does not exist; "
