@@ -8,7 +8,14 @@ from collections.abc import Callable, Iterator
 import pytest
 import redis
 
-from tests.support import Proc, ensure_redis_server, sje_env, start_master, start_worker
+from tests.support import (
+    Proc,
+    ensure_rabbitmq,
+    ensure_redis_server,
+    sje_env,
+    start_master,
+    start_worker,
+)
 
 
 @pytest.fixture(scope="session")
@@ -18,6 +25,12 @@ def redis_url() -> Iterator[str]:
     if proc is not None:
         proc.terminate()
         proc.wait(10)
+
+
+@pytest.fixture(scope="session")
+def amqp_url() -> str:
+    """A reachable RabbitMQ (started, and installed, when absent)."""
+    return ensure_rabbitmq()
 
 
 @pytest.fixture

@@ -96,6 +96,56 @@ def ensure_redis_server() -> tuple[str, subprocess.Popen[bytes] | None]:
     return url, proc
 
 
+def amqp_reachable(host: str, port: int) -> bool:
+    """An AMQP server answers the protocol header with its ``connection.start`` frame."""
+    try:
+        with socket.create_connection((host, port), timeout=1) as s:
+            s.settimeout(2)
+            s.sendall(b"AMQP\x00\x00\x09\x01")
+            return s.recv(1) == b"\x01"
+    except OSError:
+        return False
+
+
+def ensure_rabbitmq() -> str:
+    """A reachable RabbitMQ URL: the usual local one, started (and installed) when absent."""
+    url = os.environ.get("SJE_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+    if amqp_reachable("127.0.0.1", 5672) or "SJE_TEST_AMQP_URL" in os.environ:
+        return url
+    if shutil.which("rabbitmq-server") is None:
+        subprocess.run(
+            ["apt-get", "install", "-y", "-q", "rabbitmq-server"],
+            check=False,
+            capture_output=True,
+            env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
+        )
+    if shutil.which("rabbitmq-server") is None:
+        raise RuntimeError(
+            "RabbitMQ is not reachable at 127.0.0.1:5672 and rabbitmq-server could not be "
+            "installed; run `apt-get install rabbitmq-server` (or scripts/bootstrap.sh) or set "
+            "SJE_TEST_AMQP_URL."
+        )
+    if not amqp_reachable("127.0.0.1", 5672):  # it may have started on install
+        subprocess.run(["rabbitmq-server", "-detached"], check=False, capture_output=True)
+    wait_until(lambda: amqp_reachable("127.0.0.1", 5672), 120, "rabbitmq-server to answer on 5672")
+    return url
+
+
+def drop_amqp_queues(url: str, prefix: str, queues: list[str]) -> None:
+    """Delete the RabbitMQ topology of ``queues`` under ``prefix`` (a test's, afterwards)."""
+    from sje.broker.amqp_queue import AmqpQueue
+
+    async def drop() -> None:
+        cleaner = AmqpQueue(url, prefix)
+        await cleaner.connect()
+        try:
+            await cleaner.delete_topology(queues)
+        finally:
+            await cleaner.close()
+
+    asyncio.run(drop())
+
+
 def sje_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SJE_")}
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")

@@ -65,6 +65,8 @@ def default_broker_url() -> str:
 
 class BrokerSettings(_Settings):
     broker_url: str | None = None
+    #: the state store of an ``amqp://`` broker (Redis or SQLite URL); others keep their own
+    state_url: str | None = None
     redis_host: str | None = None
     redis_port: int | None = Field(default=None, ge=1, le=65535)
     key_prefix: str = Field(default="sje", min_length=1, max_length=64)

@@ -112,7 +112,7 @@ def run_up(
     url = settings.effective_broker_url
 
     async def ping() -> None:
-        broker = open_broker(url, settings.key_prefix)
+        broker = open_broker(url, settings.key_prefix, settings.state_url)
         try:
             await broker.ping()
         finally:
@@ -121,6 +121,8 @@ def run_up(
     asyncio.run(ping())
     logs = Path(tempfile.mkdtemp(prefix="sje-up-"))
     env = {**os.environ, "SJE_BROKER_URL": url}
+    if settings.state_url:
+        env["SJE_STATE_URL"] = settings.state_url
     sje = [sys.executable, "-m", "sje"]
     procs: list[subprocess.Popen[str]] = []
 

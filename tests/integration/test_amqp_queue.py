@@ -8,10 +8,6 @@ reachable, as the suite does for Redis.
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
-import socket
-import subprocess
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -23,53 +19,10 @@ import pytest
 from sje.broker.amqp_queue import AmqpQueue
 from sje.broker.amqp_support import Delivery, QueueAtBound, pick_bucket, work_arguments
 from sje.errors import BrokerError
-from tests.support import eventually, free_port, wait_until
+from tests.support import eventually, free_port
 
 T = TypeVar("T")
 Q = "default"
-
-
-# -- RabbitMQ on demand --------------------------------------------------------------------
-
-
-def amqp_reachable(host: str, port: int) -> bool:
-    """An AMQP server answers the protocol header with its ``connection.start`` frame."""
-    try:
-        with socket.create_connection((host, port), timeout=1) as s:
-            s.settimeout(2)
-            s.sendall(b"AMQP\x00\x00\x09\x01")
-            return s.recv(1) == b"\x01"
-    except OSError:
-        return False
-
-
-def ensure_rabbitmq() -> str:
-    """A reachable RabbitMQ URL: the usual local one, started (and installed) when absent."""
-    url = os.environ.get("SJE_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
-    if amqp_reachable("127.0.0.1", 5672) or "SJE_TEST_AMQP_URL" in os.environ:
-        return url
-    if shutil.which("rabbitmq-server") is None:
-        subprocess.run(
-            ["apt-get", "install", "-y", "-q", "rabbitmq-server"],
-            check=False,
-            capture_output=True,
-            env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
-        )
-    if shutil.which("rabbitmq-server") is None:
-        raise RuntimeError(
-            "RabbitMQ is not reachable at 127.0.0.1:5672 and rabbitmq-server could not be "
-            "installed; run `apt-get install rabbitmq-server` (or scripts/bootstrap.sh) or set "
-            "SJE_TEST_AMQP_URL."
-        )
-    if not amqp_reachable("127.0.0.1", 5672):  # it may have started on install
-        subprocess.run(["rabbitmq-server", "-detached"], check=False, capture_output=True)
-    wait_until(lambda: amqp_reachable("127.0.0.1", 5672), 120, "rabbitmq-server to answer on 5672")
-    return url
-
-
-@pytest.fixture(scope="session")
-def amqp_url() -> str:
-    return ensure_rabbitmq()
 
 
 @pytest.fixture
@@ -289,13 +242,18 @@ def test_the_highest_band_is_fetched_first(amqp_url: str, amqp_prefix: str) -> N
     run(amqp_url, amqp_prefix, scenario)
 
 
-def test_bands_of_several_queues_are_taken_in_turn(amqp_url: str, amqp_prefix: str) -> None:
+def test_queues_are_taken_in_the_order_given_each_highest_band_first(
+    amqp_url: str, amqp_prefix: str
+) -> None:
     async def scenario(q: AmqpQueue) -> None:
-        await q.publish(Q, 1, msgs("d1", "d2", "d3"))
-        await q.publish("other", 1, msgs("o1", "o2", "o3"))
-        q.set_prefetch(4)
-        got = await q.fetch([Q, "other"], 4)
-        assert sorted(d.message_id for d in got) == ["d1", "d2", "o1", "o2"]
+        await q.publish(Q, 1, msgs("d1", "d2"))
+        await q.publish(Q, 5, msgs("d5"))
+        await q.publish("other", 9, msgs("o1", "o2", "o3"))
+        q.set_prefetch(6)
+        got = await q.fetch([Q, "other"], 5)
+        assert [d.message_id for d in got] == ["d5", "d1", "d2", "o1", "o2"]
+        rest = await q.fetch(["other", Q], 5)
+        assert [d.message_id for d in rest] == ["o3"]
 
     run(amqp_url, amqp_prefix, scenario)
 

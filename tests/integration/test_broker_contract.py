@@ -19,7 +19,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -37,7 +37,7 @@ from sje.master.planner import plan
 from sje.models import TaskMessage, parse_job
 from sje.signing import verify
 from sje.tasks import TaskDefaults
-from tests.support import ROOT, eventually
+from tests.support import ROOT, drop_amqp_queues, eventually
 
 T = TypeVar("T")
 W1, W2 = "worker-1", "worker-2"
@@ -51,29 +51,55 @@ NEVER_S = 600.0  # a retry delay no test waits for: the task stays retrying
 # -- the store under test ----------------------------------------------------------------------
 
 
-@pytest.fixture(params=["redis", "sqlite"])
+@pytest.fixture(params=["redis", "sqlite", "amqp"])
 def broker_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "redis":
         return str(request.getfixturevalue("redis_url"))
+    if request.param == "amqp":
+        return str(request.getfixturevalue("amqp_url"))
     return f"sqlite:///{tmp_path}/sje.db"
 
 
 @dataclass(frozen=True)
 class Store:
-    """The test's store: its URL and (for Redis) its key prefix."""
+    """The test's store: its URL, (for Redis and RabbitMQ) its key prefix and (for RabbitMQ)
+    the state store's URL."""
 
     url: str
     prefix: str
+    state_url: str | None = None
+
+    @property
+    def requeues_at_front(self) -> bool:
+        """Released and reclaimed tasks go to the front of their queue (RabbitMQ appends:
+        to the back of their priority band)."""
+        return self.state_url is None
 
     def open(self) -> Broker:
-        return open_broker(self.url, self.prefix)
+        return open_broker(self.url, self.prefix, self.state_url)
 
 
 @pytest.fixture
-def store(broker_url: str, request: pytest.FixtureRequest) -> Store:
+def store(broker_url: str, request: pytest.FixtureRequest) -> Iterator[Store]:
     if broker_url.startswith("sqlite:"):
-        return Store(broker_url, "sje")
-    return Store(broker_url, str(request.getfixturevalue("prefix")))
+        yield Store(broker_url, "sje")
+        return
+    prefix = str(request.getfixturevalue("prefix"))
+    if not broker_url.startswith("amqp"):
+        yield Store(broker_url, prefix)
+        return
+    state_url = str(request.getfixturevalue("redis_url"))
+    yield Store(broker_url, prefix, state_url)
+    drop_amqp_queues(broker_url, prefix, asyncio.run(queue_names(state_url, prefix)))
+
+
+async def queue_names(state_url: str, prefix: str) -> list[str]:
+    """Every SJE queue the test's state store knows (their RabbitMQ queues are deleted)."""
+    state = open_broker(state_url, prefix)
+    try:
+        return await state.views.queue_names()
+    finally:
+        await state.close()
 
 
 def run(store: Store, scenario: Callable[[Broker], Awaitable[T]]) -> T:
@@ -666,7 +692,10 @@ def test_release_puts_tasks_back_at_the_front_without_counting(store: Store) -> 
         record = await job_of(b, job.id)
         assert counts(record)["queued"] == 2
         assert counts(record)["running"] == 1
-        (again,) = await b.fetch(W2, ["default"], 1, LONG_LEASE)
+        if store.requeues_at_front:
+            (again,) = await b.fetch(W2, ["default"], 1, LONG_LEASE)
+        else:
+            (_third, again) = await b.fetch(W2, ["default"], 2, LONG_LEASE)
         assert again.id == second.id  # ahead of task 2, which was queued all along
         assert again.attempt == 1
         assert await b.release(W1, []) == 0
@@ -689,7 +718,10 @@ def test_reclaim_expired_requeues_then_fails_after_max_redeliveries(store: Store
         record = await job_of(b, job.id)
         assert counts(record)["queued"] == 2
         assert counts(record)["running"] == 0
-        (again,) = await b.fetch(W2, ["default"], 1, 0.05)
+        if store.requeues_at_front:
+            (again,) = await b.fetch(W2, ["default"], 1, 0.05)
+        else:
+            (_second, again) = await b.fetch(W2, ["default"], 2, 0.05)
         assert again.id == message.id  # redelivered at the front
         assert again.attempt == 2
         await eventually(lambda: b.reclaim_expired(1), "the second lease to expire")
@@ -1809,8 +1841,8 @@ _SHARER = textwrap.dedent(
     import asyncio, sys
     from sje.broker.registry import open_broker
 
-    async def main(url, prefix, job_id, wid):
-        b = open_broker(url, prefix)
+    async def main(url, prefix, state_url, job_id, wid):
+        b = open_broker(url, prefix, state_url or None)
         try:
             while (await b.job(job_id))["state"] != "succeeded":
                 for m in await b.fetch(wid, ["default"], 1, 60.0):
@@ -1834,7 +1866,16 @@ def test_two_processes_share_one_store(store: Store) -> None:
         await submit_ok(b, job)
         env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
         other = subprocess.Popen(
-            [sys.executable, "-c", _SHARER, store.url, store.prefix, job.id, "child"],
+            [
+                sys.executable,
+                "-c",
+                _SHARER,
+                store.url,
+                store.prefix,
+                store.state_url or "",
+                job.id,
+                "child",
+            ],
             env=env,
             cwd=ROOT,
         )

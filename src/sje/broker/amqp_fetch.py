@@ -10,11 +10,11 @@ slots and its priority bands are separate queues.
   means ``basic.cancel`` + ``basic.consume`` again. One consumer per band, each with credit n,
   can hold up to 10 n messages, and lets the broker push low-band messages into free slots while
   high-band ones wait: priority is lost exactly when it matters.
-- Pulling gives both invariants by construction: one ``basic.get`` per free slot, band 9 first,
-  round-robin across queues within a band. ``prefetch`` is therefore the layer's own count and a
-  change takes effect immediately. The price is one round trip per message (quorum: ~540
-  fetch+ack/s per process against ~2,900/s for a pushed consumer with prefetch 10), far above
-  what a worker running tasks in child processes dispatches.
+- Pulling gives both invariants by construction: one ``basic.get`` per free slot, queues in
+  the order given (as on the other backends), each band 9 first. ``prefetch`` is therefore
+  the layer's own count and a change takes effect immediately. The price is one round trip
+  per message (quorum: ~540 fetch+ack/s per process against ~2,900/s for a pushed consumer
+  with prefetch 10), far above what a worker running tasks in child processes dispatches.
 - Empty ``basic.get`` on a quorum queue is a Raft command, so bands are probed first with a
   passive declare (a read) and idle waiting polls those counts with a backoff from 5 ms to
   200 ms, as the SQLite backend polls its file.
@@ -79,7 +79,6 @@ class BandFetcher:
         self._held: set[int] = set()  # delivery tags of this generation
         self._missing: dict[str, float] = {}  # band -> when it was last found absent
         self._changed = asyncio.Event()
-        self._turn = 0
 
     @property
     def held(self) -> int:
@@ -100,33 +99,21 @@ class BandFetcher:
             return await self._fetch(queues, n)
 
     async def _fetch(self, queues: Sequence[str], n: int) -> list[Delivery]:
+        """Queues in the order given, each highest band first (as the other backends)."""
         out: list[Delivery] = []
         n = min(n, self.free)
         if n <= 0 or not queues:
             return out
         await self._ensure_channel()
-        self._turn += 1
-        order = [queues[(i + self._turn) % len(queues)] for i in range(len(queues))]
-        for priority in reversed(PRIORITIES):
-            ready = [q for q in order if await self._count(q, priority)]
-            await self._drain_band(priority, ready, n, out)
-            if len(out) >= n:
-                break
-        return out
-
-    async def _drain_band(
-        self, priority: int, queues: list[str], n: int, out: list[Delivery]
-    ) -> None:
-        """Take from the band's queues in turn (fair within a band) until ``n`` or empty."""
-        while queues and len(out) < n:
-            for queue in list(queues):
-                delivery = await self._get(queue, priority)
-                if delivery is None:
-                    queues.remove(queue)
-                else:
+        for queue in queues:
+            for priority in reversed(PRIORITIES):
+                if not await self._count(queue, priority):
+                    continue
+                while len(out) < n and (delivery := await self._get(queue, priority)):
                     out.append(delivery)
                 if len(out) >= n:
-                    return
+                    return out
+        return out
 
     async def _get(self, queue: str, priority: int) -> Delivery | None:
         name = self._owner.names.band(queue, priority)

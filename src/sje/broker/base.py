@@ -253,6 +253,42 @@ class TaskLogs(Protocol):
     async def of_job(self, job_id: str, offset: int, limit: int) -> LogPage: ...
 
 
+class RelayStore(Protocol):
+    """What a state store adds so another transport (RabbitMQ) can deliver its tasks
+    (``docs/brokers.md``, "RabbitMQ"): an **outbox** of tasks that became ready, and
+    **start**, which leases tasks named by a delivery.
+
+    Once ``enable_relay`` has been called on a deployment, every transition that makes a task
+    ready (submit, promote, reclaim, release, reduce step, requeue) also puts its id in the
+    outbox in the same atomic step: visible at once, except a submit's, which is held for
+    ``SUBMIT_HOLD_S`` because its submitter publishes the job itself and settles them.
+    """
+
+    async def enable_relay(self) -> None:
+        """Start filling the outbox (idempotent; stays on for the deployment)."""
+        ...
+
+    async def claim_outbox(self, n: int, hold_s: float) -> list[tuple[str, str, int]]:
+        """Up to ``n`` visible outbox entries as ``(task_id, queue, priority)``, hidden from
+        other claimers for ``hold_s`` (a claimer that dies before ``settle_outbox`` leaves them
+        to be claimed again); entries whose task is no longer ready are removed, not returned."""
+        ...
+
+    async def settle_outbox(self, task_ids: list[str]) -> None:
+        """Remove published entries from the outbox (unknown ids are ignored)."""
+        ...
+
+    async def start(self, worker_id: str, task_ids: list[str], lease_s: float) -> list[TaskMessage]:
+        """Lease the named tasks that are ready (out of their queue, as ``fetch`` does, with
+        its events and counters); ids that are not ready (running, done, retrying, of an ended
+        or unknown job, malformed) are skipped: their delivery was a duplicate."""
+        ...
+
+
+#: how long a submit's outbox entries stay hidden while the submitter publishes them itself
+SUBMIT_HOLD_S = 30.0
+
+
 class Broker(TaskQueue, Scheduler, JobStore, Protocol):
     """Everything one backend provides (``registry.open_broker`` returns one): the protocols
     above, the worker registry, deployment secrets and the monitor's reads. The contract suite

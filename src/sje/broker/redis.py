@@ -30,7 +30,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from sje.broker.base import NewJob, SubmitOutcome
+from sje.broker.base import SUBMIT_HOLD_S, NewJob, SubmitOutcome
 from sje.broker.redis_dlq import RedisDeadLetters
 from sje.broker.redis_logs import RedisTaskLogs
 from sje.broker.redis_views import RedisViews
@@ -56,8 +56,11 @@ _SCRIPTS = (
     "unfinished",
     "throughput",
     "find_jobs",
+    "start",
+    "outbox",
+    "settle",
 )
-_USES_TASKS = ("fetch", "complete", "complete_fetch")
+_USES_TASKS = ("fetch", "complete", "complete_fetch", "start")
 _WORKER_FORGET_S = 3600.0
 EVENTS_PAGE = 1000
 GLOBAL_EVENTS_MAXLEN = 100_000
@@ -246,6 +249,27 @@ class RedisBroker:
             return 0
         return int(await self.run_script("release", worker_id, *task_ids))
 
+    # -- RelayStore (the amqp:// backend's state store) ---------------------------------------
+
+    async def enable_relay(self) -> None:
+        with self.guard():
+            await self.client.set(self.key("relay"), "1")
+
+    async def claim_outbox(self, n: int, hold_s: float) -> list[tuple[str, str, int]]:
+        raw = await self.run_script("outbox", n, int(hold_s * 1000))
+        return [
+            (raw[i].decode(), raw[i + 1].decode(), int(raw[i + 2])) for i in range(0, len(raw), 3)
+        ]
+
+    async def settle_outbox(self, task_ids: list[str]) -> None:
+        if task_ids:
+            await self.run_script("settle", *task_ids)
+
+    async def start(self, worker_id: str, task_ids: list[str], lease_s: float) -> list[TaskMessage]:
+        if not task_ids:
+            return []
+        return _messages(await self.run_script("start", worker_id, int(lease_s * 1000), *task_ids))
+
     # -- Scheduler --------------------------------------------------------------------------
 
     async def reclaim_expired(self, max_redeliveries: int) -> int:
@@ -296,6 +320,7 @@ class RedisBroker:
             job.idempotency_key or "",
             job.idempotency_hash,
             timeout_ms,
+            int(SUBMIT_HOLD_S * 1000),
             *fields,
         )
         status, value = status.decode(), value.decode()

@@ -4,11 +4,11 @@ host shares (``sqlite:///relative/sje.db`` or ``sqlite:////absolute/sje.db``).
 The file is in WAL mode with ``synchronous=NORMAL``: a killed process loses nothing committed,
 a power cut may lose the last moments but never corrupts the file. Each broker object owns one
 connection on one thread of its own; every transition is one ``BEGIN IMMEDIATE`` transaction
-there (``sqlite_ops``, ``sqlite_admin``), so any number of processes can act at once, and the
-asyncio side only awaits the thread. Times are the host clock in milliseconds. Idle workers
-poll ``PRAGMA data_version`` (5 ms backing off to 200 ms) instead of blocking. The table layout
-is ``sqlite_schema.sql``, opening the file ``sqlite_db``; the key prefix is unused: the file is
-the deployment.
+there (``sqlite_ops``, ``sqlite_admin``, ``sqlite_relay``), so any number of processes can act
+at once, and the asyncio side only awaits the thread. Times are the host clock in milliseconds.
+Idle workers poll ``PRAGMA data_version`` (5 ms backing off to 200 ms) instead of blocking. The
+table layout is ``sqlite_schema.sql``, opening the file ``sqlite_db``; the key prefix is unused:
+the file is the deployment.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import orjson
 
 from sje.broker import sqlite_admin as admin
 from sje.broker import sqlite_ops as ops
+from sje.broker import sqlite_relay as relay
 from sje.broker.base import NewJob, SubmitOutcome
 from sje.broker.redis import EVENTS_PAGE
 from sje.broker.sqlite_db import (
@@ -350,6 +351,21 @@ class SQLiteBroker:
     async def task_catalog(self) -> dict[str, TaskDefaults]:
         rows = await self.read(lambda tx: tx.all("SELECT name, defaults FROM task_catalog"))
         return {name: TaskDefaults.from_json(orjson.loads(raw)) for name, raw in rows}
+
+    # -- RelayStore (sqlite_relay) ---------------------------------------------------------------
+
+    async def enable_relay(self) -> None:
+        await self.write(relay.enable)
+
+    async def claim_outbox(self, n: int, hold_s: float) -> list[tuple[str, str, int]]:
+        return await self.write(relay.claim, n, _ms(hold_s)) if n > 0 else []
+
+    async def settle_outbox(self, task_ids: list[str]) -> None:
+        if task_ids:
+            await self.write(relay.settle, task_ids)
+
+    async def start(self, worker_id: str, task_ids: list[str], lease_s: float) -> list[TaskMessage]:
+        return await self.write(relay.start, worker_id, task_ids, _ms(lease_s)) if task_ids else []
 
     # -- worker registry ----------------------------------------------------------------------
 

@@ -174,6 +174,7 @@ def prune(tx: Tx, limit: int) -> int:
         )
         if tx.one("SELECT 1 FROM tasks WHERE job = ? LIMIT 1", jid) is None:
             gone += tx.run("DELETE FROM jobs WHERE id = ?", jid)
+            tx.drop_outbox(jid)
             tx.forget(jid)
     _cut_job_events(tx)
     over = tx.counter("gev_count") - GLOBAL_EVENTS_MAX

@@ -12,7 +12,7 @@ from urllib.parse import unquote, urlsplit
 from sje.errors import BrokerError, ConfigError
 from sje.security import state_dir
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 BUSY_TIMEOUT_MS = 5000
 #: filesystem types SQLite's locking cannot be trusted on
 NETWORK_FS = ("nfs", "cifs", "smb", "9p", "fuse.sshfs", "afs", "ceph", "glusterfs", "lustre")

@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 
-from sje.broker.base import NewJob, SubmitOutcome
+from sje.broker.base import SUBMIT_HOLD_S, NewJob, SubmitOutcome
 from sje.broker.sqlite_tx import (
     REDUCE,
     TERMINAL,
@@ -40,7 +40,8 @@ def submit(tx: Tx, job: NewJob) -> SubmitOutcome:
     # a retried call whose first run landed (its reply was lost): same answer
     if tx.job(job.id) is not None:
         return SubmitOutcome("ok", job.id)
-    tx.run("DELETE FROM jobs WHERE id = ?", job.id)  # an expired record of the same id
+    if tx.run("DELETE FROM jobs WHERE id = ?", job.id):  # an expired record of the same id
+        tx.drop_outbox(job.id)
     n = len(job.payloads)
     row = tx.one("SELECT depth FROM queues WHERE name = ?", job.queue)
     depth = 0 if row is None else int(row[0])
@@ -84,6 +85,8 @@ def _insert_job(tx: Tx, job: NewJob, n: int) -> None:
         "INSERT INTO ready (job, idx, queue, score, member) VALUES (?, ?, ?, ?, ?)",
         [(job.id, i, job.queue, score(job.priority, seq + i), f"{job.id}:{i}") for i in range(n)],
     )
+    # the submitter publishes a relayed job itself: its entries are for when it dies first
+    tx.to_outbox((f"{job.id}:{i}" for i in range(n)), int(SUBMIT_HOLD_S * 1000))
     tx.stat("jobs|submitted")
     if job.idempotency_key:
         tx.run(
@@ -118,13 +121,13 @@ def fetch(tx: Tx, wid: str, lease_ms: int, n: int, queues: list[str]) -> list[Ta
             for jid, idx, member in rows:
                 job = tx.job(jid)
                 if job is not None and job.state not in TERMINAL:
-                    out.append(_start(tx, job, idx, member, wid, lease_ms))
+                    out.append(start_task(tx, job, idx, member, wid, lease_ms))
         if len(out) >= n:
             break
     return out
 
 
-def _start(tx: Tx, job: Job, idx: int, member: str, wid: str, lease_ms: int) -> TaskMessage:
+def start_task(tx: Tx, job: Job, idx: int, member: str, wid: str, lease_ms: int) -> TaskMessage:
     attempts, t, payload = tx.one(
         "SELECT attempts, t, input FROM tasks WHERE job = ? AND idx = ?", job.id, idx
     )

@@ -5,13 +5,15 @@
 -- retries, events, logs, idempotency key) go with it: ON DELETE CASCADE.
 
 -- schema_version, and the counters every process shares: seq (queue order), dlq_seq (dead-letter
--- arrival order), ev_ms / ev_n (the last event id), gev_count (rows in global_events)
+-- arrival order), ev_ms / ev_n (the last event id), gev_count (rows in global_events); relay: 1
+-- once enable_relay was called (transitions then fill the outbox)
 CREATE TABLE IF NOT EXISTS meta (
   name TEXT PRIMARY KEY,
   value INTEGER NOT NULL
 ) WITHOUT ROWID;
 INSERT OR IGNORE INTO meta (name, value) VALUES
-  ('schema_version', 1), ('seq', 0), ('dlq_seq', 0), ('ev_ms', 0), ('ev_n', 0), ('gev_count', 0);
+  ('schema_version', 2), ('seq', 0), ('dlq_seq', 0), ('ev_ms', 0), ('ev_n', 0), ('gev_count', 0),
+  ('relay', 0);
 
 -- spec: the planner's fields (JSON object of strings), as submitted; the columns before
 -- 'state' repeat the ones transitions need. expires_at: result-ttl after the job ended (NULL
@@ -84,6 +86,16 @@ CREATE TABLE IF NOT EXISTS ready (
   FOREIGN KEY (job, idx) REFERENCES tasks (job, idx) ON DELETE CASCADE
 );
 CREATE INDEX IF NOT EXISTS ready_order ON ready (queue, score, member);
+
+-- the relay's outbox (sje.broker.sqlite_relay): ids "<job>:<index>" of tasks that became ready,
+-- claimable from visible_at on (a submit's are held, a claimed one hidden for the claim's hold).
+-- No foreign key: an entry whose task is no longer ready is dropped when claimed, and the
+-- entries of a job go when it ends or is pruned.
+CREATE TABLE IF NOT EXISTS outbox (
+  member TEXT PRIMARY KEY,
+  visible_at INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS outbox_visible ON outbox (visible_at, member);
 
 -- retries waiting for their backoff
 CREATE TABLE IF NOT EXISTS delayed (

@@ -10,6 +10,7 @@ times follow commit order across processes.
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -133,14 +134,19 @@ class Tx:
     def run(self, sql: str, *args: Any) -> int:
         return self.db.execute(sql, args).rowcount
 
-    def counter(self, name: str, add: int = 0) -> int:
-        """A shared counter of ``meta`` after adding ``add`` (read once per transaction)."""
+    def _meta_values(self) -> dict[str, int]:
+        """The rows of ``meta``, read once per transaction."""
         if self._meta is None:
             self._meta = dict(self.all("SELECT name, value FROM meta"))
+        return self._meta
+
+    def counter(self, name: str, add: int = 0) -> int:
+        """A shared counter of ``meta`` after adding ``add`` (read once per transaction)."""
+        meta = self._meta_values()
         if add:
-            self._meta[name] += add
+            meta[name] += add
             self._dirty.add(name)
-        return self._meta[name]
+        return meta[name]
 
     def _set_counter(self, name: str, value: int) -> None:
         self.counter(name, value - self.counter(name))
@@ -202,7 +208,8 @@ class Tx:
         self.run("DELETE FROM leases WHERE job = ? AND idx = ?", jid, idx)
 
     def enqueue(self, job: Job, idx: int, seq: int) -> None:
-        """Into the job's queue at ``seq`` (0: the front of its priority)."""
+        """Into the job's queue at ``seq`` (0: the front of its priority), and the outbox."""
+        member = f"{job.id}:{index_text(idx)}"
         self.run(
             "INSERT INTO ready (job, idx, queue, score, member) VALUES (?, ?, ?, ?, ?) "
             "ON CONFLICT (job, idx) DO UPDATE SET score = excluded.score",
@@ -210,8 +217,25 @@ class Tx:
             idx,
             job.queue,
             score(job.priority, seq),
-            f"{job.id}:{index_text(idx)}",
+            member,
         )
+        self.to_outbox([member])
+
+    def to_outbox(self, members: Iterable[str], hold_ms: int = 0) -> None:
+        """Tasks that just became ready into the outbox, visible after ``hold_ms``, once the
+        relay is on (``enable_relay``: the ``relay`` row of ``meta``); a no-op before."""
+        if self._meta_values().get("relay"):
+            self.db.executemany(
+                "INSERT INTO outbox (member, visible_at) VALUES (?, ?) "
+                "ON CONFLICT (member) DO UPDATE SET visible_at = excluded.visible_at",
+                ((member, self.now + hold_ms) for member in members),
+            )
+
+    def drop_outbox(self, jid: str) -> None:
+        """Remove every outbox entry of a job (it ended or went)."""
+        if self._meta_values().get("relay"):
+            # task ids are "<job>:<index>" and job ids hold no ':' (';' follows ':')
+            self.run("DELETE FROM outbox WHERE member >= ? AND member < ?", f"{jid}:", f"{jid};")
 
     def requeue_front(self, job: Job, idx: int, reason: str, worker: str) -> None:
         """Back to the front of its queue (a release or a redelivery), ready from now."""
@@ -220,9 +244,11 @@ class Tx:
         self.job_event(job.id, "task.queued", task=index_text(idx), reason=reason, worker=worker)
 
     def drop_pending(self, jid: str) -> None:
-        """Remove every not-yet-running task of a job from its queue and the delayed set."""
+        """Remove every not-yet-running task of a job from its queue, the delayed set and the
+        outbox."""
         self.run("DELETE FROM ready WHERE job = ?", jid)
         self.run("DELETE FROM delayed WHERE job = ?", jid)
+        self.drop_outbox(jid)
 
     # -- events and counters ------------------------------------------------------------------
 

@@ -159,7 +159,7 @@ def token(config_file: str | None, broker_url: str | None) -> None:
         return
 
     async def read() -> str:
-        broker = open_broker(settings.effective_broker_url, settings.key_prefix)
+        broker = open_broker(settings.effective_broker_url, settings.key_prefix, settings.state_url)
         try:
             value, _ = await resolve(broker, "token", None)
             return value

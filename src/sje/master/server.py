@@ -57,7 +57,7 @@ class Master:
                 f"Refusing to listen on {s.bind_address} with auth: none (anyone who can reach "
                 "it could run tasks): remove auth: none, or bind to 127.0.0.1."
             )
-        broker = open_broker(s.effective_broker_url, s.key_prefix)
+        broker = open_broker(s.effective_broker_url, s.key_prefix, s.state_url)
         await broker.ping()
         for warning in await broker.durability_warnings():
             log.warning("%s", warning)

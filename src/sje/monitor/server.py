@@ -145,7 +145,7 @@ class Monitor:
                 f"Refusing to serve the dashboard on {s.bind_address} with auth: none (anyone "
                 "who can reach it could cancel jobs): remove auth: none, or bind to 127.0.0.1."
             )
-        broker = open_broker(s.effective_broker_url, s.key_prefix)
+        broker = open_broker(s.effective_broker_url, s.key_prefix, s.state_url)
         await broker.ping()
         secret, _ = await resolve(broker, "secret", s.secret)
         token = (await resolve(broker, "token", s.token))[0] if s.auth == "token" else None

@@ -48,7 +48,9 @@ class Worker:
         self.burst = burst
         self.name = settings.worker_name or f"{socket.gethostname()}-{os.getpid()}"
         self.id = f"{self.name}-{uuid.uuid4().hex[:6]}"
-        self.broker = open_broker(settings.effective_broker_url, settings.key_prefix)
+        self.broker = open_broker(
+            settings.effective_broker_url, settings.key_prefix, settings.state_url
+        )
         self.catalog: dict[str, Task[Any]] = {}
         self.intake = Intake(b"", 0, {}, self.name)  # set in run() once the secret is known
         self.pool = Pool(

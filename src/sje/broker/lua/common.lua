@@ -102,10 +102,25 @@ local function wake(queue, n)
   redis.call('LTRIM', key, 0, 15)
 end
 
+-- With a relay on (the amqp:// backend, see RelayStore), every task made ready also goes to the
+-- outbox, visible from ``visible_at`` (ms), in the same script.
+local RELAY = nil
+local function to_outbox(members, visible_at)
+  if RELAY == nil then RELAY = redis.call('EXISTS', P .. ':relay') == 1 end
+  if not RELAY or #members == 0 then return end
+  local args = {'ZADD', P .. ':outbox'}
+  for _, m in ipairs(members) do
+    args[#args + 1] = visible_at
+    args[#args + 1] = m
+  end
+  redis.call(unpack(args))
+end
+
 -- Back to the front of its queue (a release or a redelivery), ready from now.
 local function requeue_front(jid, member, reason, worker, now)
   local f = redis.call('HMGET', jkey(jid), 'queue', 'priority')
   redis.call('ZADD', qkey(f[1]), score(f[2], 0), member)
+  to_outbox({member}, now)
   local _, idx = split_id(member)
   redis.call('HSET', jkey(jid, ':t'), idx, now)
   job_event(jid, 'task.queued', {'task', idx, 'reason', reason, 'worker', worker})

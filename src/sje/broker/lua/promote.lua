@@ -13,6 +13,7 @@ for _, member in ipairs(due) do
     redis.call('HINCRBY', jk, 'c_retrying', -1)
     redis.call('HINCRBY', jk, 'c_queued', 1)
     redis.call('ZADD', qkey(f[2]), score(f[3], redis.call('INCR', P .. ':seq')), member)
+    to_outbox({member}, now)
     job_event(jid, 'task.queued', {'task', idx, 'reason', 'retry'})
     wake(f[2], 1)
   end

@@ -38,6 +38,7 @@ for _, idx in ipairs(indices) do
     redis.call('HSET', jkey(jid, ':st'), idx, 'queued')
     redis.call('HSET', jkey(jid, ':t'), idx, now)
     redis.call('ZADD', qkey(queue), score(prio, seq + queued), member)
+    to_outbox({member}, now)
     queued = queued + 1
   end
 end

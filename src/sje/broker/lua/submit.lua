@@ -1,5 +1,5 @@
 -- ARGV: P, jid, n, queue, priority, max_queue_length, idem_key, idem_hash, job_timeout_ms,
---       then field/value pairs for the job hash.
+--       outbox_hold_ms, then field/value pairs for the job hash.
 -- The task inputs (P:job:<id>:in) were written before with a safety TTL; this script makes
 -- the job visible whole, or not at all.
 local jid, n, queue, prio = ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5]
@@ -21,19 +21,22 @@ if depth + n > maxlen then return {'full', tostring(depth)} end
 local now = now_ms()
 local jk = jkey(jid)
 local fields = {'HSET', jk}
-for i = 10, #ARGV do fields[#fields + 1] = ARGV[i] end
+for i = 11, #ARGV do fields[#fields + 1] = ARGV[i] end
 redis.call(unpack(fields))
 redis.call('HSET', jk, 'state', 'pending', 'created_at', now, 'remaining', n, 'c_queued', n,
   'c_running', 0, 'c_retrying', 0, 'c_succeeded', 0, 'c_failed', 0, 'c_dead', 0,
   'c_cancelled', 0)
 local seq = redis.call('INCRBY', P .. ':seq', n) - n
+local held_until = now + tonumber(ARGV[10])  -- the submitter publishes and settles them
 for start = 0, n - 1, 1000 do
-  local args = {'ZADD', qkey(queue)}
+  local args, members = {'ZADD', qkey(queue)}, {}
   for i = start, math.min(start + 999, n - 1) do
     args[#args + 1] = score(prio, seq + i)
     args[#args + 1] = jid .. ':' .. i
+    members[#members + 1] = jid .. ':' .. i
   end
   redis.call(unpack(args))
+  to_outbox(members, held_until)
 end
 redis.call('PERSIST', jkey(jid, ':in'))
 redis.call('ZADD', P .. ':jobs', now, jid)

@@ -1,6 +1,52 @@
 -- Task delivery functions shared by fetch.lua, complete.lua and complete_fetch.lua
 -- (appended to common.lua for those scripts).
 
+local JOB_FIELDS = {'state', 'task', 'kind', 'retries', 'backoff', 'backoff_max', 'timeout',
+  'reduce', 'n', 'sig_r', 'created_at', 'queue'}
+
+-- The job's fields of JOB_FIELDS (cached in ``jobs`` for one script run); nil for no job.
+local function job_fields(jobs, jid)
+  local job = jobs[jid]
+  if job == nil then
+    job = redis.call('HMGET', jkey(jid), unpack(JOB_FIELDS))
+    jobs[jid] = job
+  end
+  return job
+end
+
+-- Leases one task, just taken out of its queue, to the worker: attempt, wait, events; appends
+-- the triple {task_id, header_json, payload} to ``out``.
+local function lease_task(wid, lease_ms, member, jid, idx, job, queue, now, stats, out)
+  local jk = jkey(jid)
+  local attempt = redis.call('HINCRBY', jkey(jid, ':att'), idx, 1)
+  local ready = tonumber(redis.call('HGET', jkey(jid, ':t'), idx) or job[11])
+  local wait = math.max(0, now - ready)
+  redis.call('HSET', jkey(jid, ':t'), idx, now)
+  redis.call('HSET', jkey(jid, ':w'), idx, wid)
+  observe(stats, 'wait', queue, wait)
+  redis.call('HSET', jkey(jid, ':st'), idx, 'running')
+  redis.call('ZADD', P .. ':leases', now + lease_ms, member)
+  redis.call('HSET', P .. ':owner', member, wid)
+  redis.call('HINCRBY', jk, 'c_queued', -1)
+  redis.call('HINCRBY', jk, 'c_running', 1)
+  if job[1] == 'pending' then
+    redis.call('HSET', jk, 'state', 'running', 'started_at', now)
+    job[1] = 'running'
+    job_event(jid, 'job.started', {})
+    global_event('job.started', {'job', jid})
+  end
+  local task, kind, payload = job[2], job[3], nil
+  if idx == 'r' then
+    task, kind, payload = job[8], 'reduce', job[10]
+  else
+    payload = redis.call('HGET', jkey(jid, ':in'), idx)
+  end
+  out[#out + 1] = member
+  out[#out + 1] = cjson.encode({task, kind, attempt, job[4], job[5], job[6], job[7]})
+  out[#out + 1] = payload or ''
+  job_event(jid, 'task.started', {'task', idx, 'attempt', attempt, 'worker', wid, 'wait_ms', wait})
+end
+
 -- Pops up to n runnable tasks (queues in the order given, each by priority then age), leases
 -- each to the worker on the broker's clock; returns triples {task_id, header_json, payload}.
 -- Entries that name no stored task go to the dead-letter queue.
@@ -17,12 +63,7 @@ local function fetch_tasks(wid, lease_ms, n, queues)
         local job, jid, idx = nil, nil, nil
         if is_task_id(member) then
           jid, idx = split_id(member)
-          job = jobs[jid]
-          if job == nil then
-            job = redis.call('HMGET', jkey(jid), 'state', 'task', 'kind', 'retries', 'backoff',
-              'backoff_max', 'timeout', 'reduce', 'n', 'sig_r', 'created_at')
-            jobs[jid] = job
-          end
+          job = job_fields(jobs, jid)
         end
         if job == nil then
           orphan(queue, member, 'queue entry is not a task id', now)
@@ -32,36 +73,8 @@ local function fetch_tasks(wid, lease_ms, n, queues)
           orphan(queue, member, 'queue entry names task ' .. idx .. ' of job ' .. jid ..
             ', which has only ' .. job[9] .. ' tasks', now)
         elseif not TERMINAL[job[1]] then
-          local jk = jkey(jid)
-          local attempt = redis.call('HINCRBY', jkey(jid, ':att'), idx, 1)
-          local ready = tonumber(redis.call('HGET', jkey(jid, ':t'), idx) or job[11])
-          local wait = math.max(0, now - ready)
-          redis.call('HSET', jkey(jid, ':t'), idx, now)
-          redis.call('HSET', jkey(jid, ':w'), idx, wid)
-          observe(stats, 'wait', queue, wait)
-          redis.call('HSET', jkey(jid, ':st'), idx, 'running')
-          redis.call('ZADD', P .. ':leases', now + lease_ms, member)
-          redis.call('HSET', P .. ':owner', member, wid)
-          redis.call('HINCRBY', jk, 'c_queued', -1)
-          redis.call('HINCRBY', jk, 'c_running', 1)
-          if job[1] == 'pending' then
-            redis.call('HSET', jk, 'state', 'running', 'started_at', now)
-            job[1] = 'running'
-            job_event(jid, 'job.started', {})
-            global_event('job.started', {'job', jid})
-          end
-          local task, kind, payload = job[2], job[3], nil
-          if idx == 'r' then
-            task, kind, payload = job[8], 'reduce', job[10]
-          else
-            payload = redis.call('HGET', jkey(jid, ':in'), idx)
-          end
-          out[#out + 1] = member
-          out[#out + 1] = cjson.encode({task, kind, attempt, job[4], job[5], job[6], job[7]})
-          out[#out + 1] = payload or ''
+          lease_task(wid, lease_ms, member, jid, idx, job, queue, now, stats, out)
           got = got + 1
-          job_event(jid, 'task.started',
-            {'task', idx, 'attempt', attempt, 'worker', wid, 'wait_ms', wait})
         end
       end
     end
