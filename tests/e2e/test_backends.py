@@ -15,6 +15,7 @@ from tests.support import (
     Proc,
     api_client,
     drop_amqp_queues,
+    run_sje,
     sje_env,
     start_master,
     start_worker,
@@ -109,3 +110,18 @@ def test_sigkilled_worker_mid_job_loses_nothing_and_the_job_completes(
     # the two tasks the victim ran came back (lease expiry) and ran again; the rest ran once
     assert {i for i, n in attempts.items() if n == 2} == on_victim, attempts
     assert {n for i, n in attempts.items() if i not in on_victim} == {1}, attempts
+
+
+def test_amqp_without_a_state_store_says_what_to_set(env: dict[str, str]) -> None:
+    done = run_sje("master", "--broker-url", "amqp://guest:guest@127.0.0.1:5672/", env=env)
+    assert done.returncode == 2, done.stderr
+    assert "needs a state store: set state-url (SJE_STATE_URL)" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_amqp_with_rabbitmq_unreachable_says_how_to_fix_it(env: dict[str, str]) -> None:
+    amqp = {**env, "SJE_STATE_URL": env["SJE_BROKER_URL"]}
+    done = run_sje("master", "--broker-url", "amqp://guest:guest@127.0.0.1:1/", env=amqp)
+    assert done.returncode == 3, done.stderr
+    assert "Cannot reach RabbitMQ at 127.0.0.1:1 (connection refused)" in done.stderr
+    assert "Start it (rabbitmq-server) or point broker-url at a running one." in done.stderr

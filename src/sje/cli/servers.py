@@ -22,7 +22,10 @@ from sje.config import (
     printable,
 )
 
-BROKER_URL_HELP = "redis://host:port/db or sqlite:///file.db (broker-url)."
+BROKER_URL_HELP = (
+    "redis://host:port/db, sqlite:///file.db or amqp://user:pass@host/vhost (broker-url); "
+    "unset: the embedded SQLite file."
+)
 
 # -- servers ------------------------------------------------------------------------------
 
