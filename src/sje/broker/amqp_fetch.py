@@ -78,6 +78,9 @@ class BandFetcher:
         self._lock = asyncio.Lock()  # one fetch at a time, or two could share the free slots
         self._held: set[int] = set()  # delivery tags of this generation
         self._missing: dict[str, float] = {}  # band -> when it was last found absent
+        # band -> messages it held at the last probe, less those taken since: fetches take
+        # from a band known to hold some without probing it again (one round trip less)
+        self._ready: dict[str, int] = {}
         self._changed = asyncio.Event()
 
     @property
@@ -107,9 +110,17 @@ class BandFetcher:
         await self._ensure_channel()
         for queue in queues:
             for priority in reversed(PRIORITIES):
-                if not await self._count(queue, priority):
-                    continue
-                while len(out) < n and (delivery := await self._get(queue, priority)):
+                name = self._owner.names.band(queue, priority)
+                if self._ready.get(name, 0) <= 0:
+                    self._ready[name] = await self._count(queue, priority)
+                    if not self._ready[name]:
+                        continue
+                while len(out) < n:
+                    delivery = await self._get(queue, priority)
+                    if delivery is None:
+                        self._ready[name] = 0
+                        break
+                    self._ready[name] -= 1
                     out.append(delivery)
                 if len(out) >= n:
                     return out
