@@ -11,11 +11,13 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+import psutil
 import redis
 
 import sje
@@ -411,3 +413,178 @@ def start_monitor(env: dict[str, str], *extra: str) -> tuple[Proc, str]:
     line = proc.find(marker)
     assert line is not None
     return proc, line.rsplit(" ", 1)[-1]
+
+
+# -- a private RabbitMQ node to kill -9 ----------------------------------------------------------
+
+#: Debian's start script itself; ``/usr/sbin/rabbitmq-server`` wraps it to run as user rabbitmq
+RABBITMQ_SCRIPT = "/usr/lib/rabbitmq/bin/rabbitmq-server"
+
+
+class RabbitServer:
+    """A private RabbitMQ node that a test may kill -9 and restart on the same ports and
+    database: durable (quorum) queues and persistent messages come back. The machine's own
+    RabbitMQ is left alone: this node has its own name, AMQP and distribution ports, Erlang
+    cookie, configuration, database and logs, all under ``directory``; no plugins. It shares the
+    host's ``epmd`` (every Erlang node on a host registers there).
+
+    The start script runs in the foreground with ``RABBITMQ_ALLOW_INPUT`` set, so it ``exec``s
+    the Erlang VM (without it, a shell stays in between to forward signals): the process
+    started here is ``beam.smp``, the leader of a process group of its own."""
+
+    def __init__(self, directory: Path, port: int | None = None) -> None:
+        self.dir = directory
+        self.port = port or free_port()
+        self.dist_port = free_port()
+        self.node = f"sjetest-{uuid.uuid4().hex[:8]}@localhost"
+        self.url = f"amqp://guest:guest@127.0.0.1:{self.port}/"
+        self.popen: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.popen is not None
+        return self.popen.pid
+
+    @property
+    def log_file(self) -> Path:
+        return self.dir / "log" / f"{self.node}.log"
+
+    @property
+    def ra_dir(self) -> Path:
+        """Where the node keeps its quorum queues (one directory per queue's Raft server)."""
+        return self.dir / "mnesia" / self.node / "quorum" / self.node
+
+    def running(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    def _env(self) -> dict[str, str]:
+        d = self.dir
+        for sub in ("home", "mnesia", "log", "schema", "generated"):
+            (d / sub).mkdir(exist_ok=True)
+        cookie = d / "home" / ".erlang.cookie"  # Erlang wants it readable by its owner alone
+        if not cookie.exists():
+            cookie.write_text(uuid.uuid4().hex.upper())
+            cookie.chmod(0o400)
+        (d / "rabbitmq-env.conf").write_text("")  # not /etc/rabbitmq's (the system node's)
+        (d / "enabled_plugins").write_text("[].\n")
+        (d / "rabbitmq.conf").write_text(
+            f"listeners.tcp.1 = 127.0.0.1:{self.port}\n"
+            "loopback_users.guest = true\n"
+            "disk_free_limit.absolute = 1MB\n"
+        )
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("RABBITMQ_", "ERL_"))}
+        env.update(
+            HOME=str(d / "home"),
+            RABBITMQ_NODENAME=self.node,
+            RABBITMQ_NODE_PORT=str(self.port),
+            RABBITMQ_DIST_PORT=str(self.dist_port),
+            RABBITMQ_CONF_ENV_FILE=str(d / "rabbitmq-env.conf"),
+            RABBITMQ_CONFIG_FILE=str(d / "rabbitmq.conf"),
+            RABBITMQ_ADVANCED_CONFIG_FILE=str(d / "advanced.config"),  # absent
+            RABBITMQ_ENABLED_PLUGINS_FILE=str(d / "enabled_plugins"),
+            RABBITMQ_MNESIA_BASE=str(d / "mnesia"),
+            RABBITMQ_LOG_BASE=str(d / "log"),
+            RABBITMQ_SCHEMA_DIR=str(d / "schema"),
+            RABBITMQ_GENERATED_CONFIG_DIR=str(d / "generated"),
+            RABBITMQ_PID_FILE=str(d / "rabbitmq.pid"),
+            RABBITMQ_ALLOW_INPUT="1",  # exec the VM; -noinput below still disables its shell
+            RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS=(
+                "-noinput -kernel inet_dist_use_interface {127,0,0,1}"
+            ),
+            ERL_EPMD_ADDRESS="127.0.0.1",
+        )
+        return env
+
+    def start(self) -> None:
+        """Start (or restart) the node; returns once it answers AMQP, its queues recovered."""
+        script = RABBITMQ_SCRIPT if os.path.exists(RABBITMQ_SCRIPT) else None
+        script = script or shutil.which("rabbitmq-server")
+        if script is None:
+            raise RuntimeError("rabbitmq-server is not installed: apt-get install rabbitmq-server")
+        env = self._env()
+        with open(self.dir / "rabbitmq.out", "ab") as out:
+            self.popen = subprocess.Popen(
+                [script],
+                cwd=self.dir,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        popen = self.popen
+        wait_until(
+            lambda: amqp_reachable("127.0.0.1", self.port) or popen.poll() is not None,
+            90,
+            f"the private RabbitMQ node {self.node} to answer on port {self.port}",
+            every=0.1,
+        )
+        if popen.poll() is not None:
+            out_tail = (self.dir / "rabbitmq.out").read_text(errors="replace")[-3000:]
+            raise RuntimeError(f"rabbitmq-server {self.node} exited:\n{out_tail}")
+
+    def wait_durable(self, timeout: float = 10.0) -> None:
+        """Wait until a kill -9 would bring back every quorum queue the node has.
+
+        RabbitMQ's Raft library records each queue's server in ``names.dets``, and saves that
+        file up to 500 ms after the queue was declared (it syncs it at once only since
+        rabbitmq/ra#443, 2024). A queue declared in the last 500 ms before a kill -9 is missing
+        from it afterwards, and RabbitMQ 3.10 (ra 2.2) then starts the queue as a new, empty
+        Raft member that never elects a leader: every call on it times out. A server's data
+        directory is named after its id, which the saved file holds."""
+
+        def saved() -> bool:
+            if not self.ra_dir.is_dir():
+                return True
+            ids = [p.name.encode() for p in self.ra_dir.iterdir() if p.is_dir()]
+            names = self.ra_dir / "names.dets"
+            data = names.read_bytes() if names.exists() else b""
+            return all(uid in data for uid in ids)
+
+        wait_until(saved, timeout, f"RabbitMQ {self.node} to save its quorum queue registry")
+
+    def kill(self) -> None:
+        """kill -9 of the Erlang VM and of every process it started; no shutdown at all."""
+        if not self.running():
+            return
+        assert self.popen is not None
+        try:
+            children = psutil.Process(self.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            children = []
+        with_children = []
+        os.killpg(self.pid, signal.SIGKILL)  # the VM leads its own process group
+        for child in children:  # erl_child_setup and its helpers run in sessions of their own
+            try:
+                child.kill()
+                with_children.append(child)
+            except psutil.NoSuchProcess:
+                pass
+        self.popen.wait(10)
+
+        def gone(p: psutil.Process) -> bool:  # or a zombie: its parent is gone, it is not ours
+            try:
+                return p.status() == psutil.STATUS_ZOMBIE
+            except psutil.NoSuchProcess:
+                return True
+
+        wait_until(lambda: all(gone(p) for p in with_children), 10, f"the processes of {self.node}")
+
+    def restart(self) -> None:
+        self.kill()
+        self.start()
+
+    def heal(self) -> None:
+        """Running and answering again, whatever a test did to it."""
+        if not self.running():
+            self.start()
+
+    def close(self) -> None:
+        """Stop the node (SIGTERM: a clean shutdown; kill -9 when it takes too long)."""
+        if self.running():
+            assert self.popen is not None
+            self.popen.terminate()
+            try:
+                self.popen.wait(30)
+            except subprocess.TimeoutExpired:
+                self.kill()

@@ -2,7 +2,10 @@
 timer work, the job store, the dead-letter queue, task logs and the monitor's reads.
 
 ``broker_url`` is parametrized over Redis (127.0.0.1:6379 DB 0, under a key prefix of the
-test's own, deleted afterwards) and SQLite (a file in the test's ``tmp_path``). Each test runs
+test's own, deleted afterwards), SQLite (a file in the test's ``tmp_path``) and RabbitMQ (the
+local one, queues under the test's prefix, deleted afterwards) with either as its state store.
+Released and reclaimed tasks are the one documented difference: RabbitMQ appends them to their
+priority band (``Store.requeues_at_front``). Each test runs
 one async scenario with ``asyncio.run``: brokers are opened with ``open_broker`` inside the
 event loop and closed at the end. Everything is read through the public surface; tests of one
 backend's internals (Redis keys and TTLs) live in ``test_redis_broker.py`` and its siblings.
@@ -51,11 +54,13 @@ NEVER_S = 600.0  # a retry delay no test waits for: the task stays retrying
 # -- the store under test ----------------------------------------------------------------------
 
 
-@pytest.fixture(params=["redis", "sqlite", "amqp"])
+@pytest.fixture(params=["redis", "sqlite", "amqp+redis", "amqp+sqlite"])
 def broker_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The backend under test; for RabbitMQ, its state store is Redis (``amqp+redis``) or a SQLite
+    file (``amqp+sqlite``)."""
     if request.param == "redis":
         return str(request.getfixturevalue("redis_url"))
-    if request.param == "amqp":
+    if request.param.startswith("amqp"):
         return str(request.getfixturevalue("amqp_url"))
     return f"sqlite:///{tmp_path}/sje.db"
 
@@ -88,7 +93,10 @@ def store(broker_url: str, request: pytest.FixtureRequest) -> Iterator[Store]:
     if not broker_url.startswith("amqp"):
         yield Store(broker_url, prefix)
         return
-    state_url = str(request.getfixturevalue("redis_url"))
+    if request.node.callspec.params["broker_url"] == "amqp+sqlite":
+        state_url = f"sqlite:///{request.getfixturevalue('tmp_path')}/sje.db"
+    else:
+        state_url = str(request.getfixturevalue("redis_url"))
     yield Store(broker_url, prefix, state_url)
     drop_amqp_queues(broker_url, prefix, asyncio.run(queue_names(state_url, prefix)))
 
