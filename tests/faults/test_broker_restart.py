@@ -289,12 +289,6 @@ def test_a_submit_while_rabbitmq_is_down_fails_clearly_and_leaves_nothing_runnab
     run(scenario)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="AmqpQueue.is_connected stays True once RabbitMQ drops the connection (aio-pika's "
-    "Connection.is_closed is only set by close()), so the broker never reconnects and its "
-    "calls raise aio-pika's RuntimeError / ChannelInvalidStateError, not BrokerError",
-)
 def test_a_broker_open_across_the_crash_fails_cleanly_then_carries_on(
     rabbit: RabbitServer, prefix: str, redis_url: str
 ) -> None:

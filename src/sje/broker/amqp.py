@@ -138,7 +138,7 @@ class AmqpBroker:
         except QueueAtBound as exc:
             await self.store.cancel(job.id)
             return SubmitOutcome("full", job.id, exc.depth)
-        except BrokerError:
+        except BaseException:  # not accepted: it must not run later from the outbox
             await self.store.cancel(job.id)
             raise
         await self.store.settle_outbox(ids)

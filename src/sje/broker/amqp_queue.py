@@ -135,7 +135,10 @@ class AmqpQueue:
 
     @property
     def is_connected(self) -> bool:
-        return self._conn is not None and not self._conn.is_closed
+        """Open and not lost (aio-pika's ``is_closed`` only turns True on ``close()``: a
+        connection the server dropped only clears ``connected``)."""
+        conn = self._conn
+        return conn is not None and not conn.is_closed and conn.connected.is_set()
 
     def _channel(self, channel: AbstractChannel | None) -> AbstractChannel:
         if channel is None or self._conn is None or self._conn.is_closed:

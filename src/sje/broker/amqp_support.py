@@ -22,8 +22,10 @@ PRIORITIES = range(10)
 DELAY_BUCKETS_MS = (1_000, 5_000, 30_000, 300_000, 1_800_000)
 #: epoch ms at which a chained delay (longer than the largest bucket) is due
 DUE_HEADER = "x-sje-due-ms"
-#: what an AMQP call may raise once connected (channel errors, a dropped connection)
-AMQP_ERRORS = (amqp_errors.AMQPError, ConnectionError, asyncio.TimeoutError)
+#: what an AMQP call may raise once connected (channel errors, a dropped connection); aiormq
+#: raises RuntimeError ("<Connection> closed", ChannelInvalidStateError) for a call on a
+#: connection whose loss it has not reported yet
+AMQP_ERRORS = (amqp_errors.AMQPError, ConnectionError, asyncio.TimeoutError, RuntimeError)
 
 QueueKind = Literal["quorum", "classic"]
 HeaderValue = str | int | float | bool | bytes | None
