@@ -24,20 +24,26 @@ import json
 import os
 import platform
 import secrets
-import signal
 import statistics
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-import psutil
 import redis
+from common import (  # shared with compare.py and the drivers under peers/
+    BenchError,
+    CompletionWatch,
+    Deadline,
+    MemorySampler,
+    Service,
+    sigterm_as_interrupt,
+    timed,
+)
 from rich.console import Console
 from rich.table import Table
 
@@ -61,10 +67,6 @@ def redis_url(db: int) -> str:
     return f"redis://{REDIS_HOST}:{REDIS_PORT}/{db}"
 
 
-class BenchError(Exception):
-    """A phase could not be measured (process failed, wrong results, time budget spent)."""
-
-
 @dataclass(frozen=True)
 class Sizes:
     enqueue: int
@@ -82,123 +84,7 @@ FULL = Sizes(20_000, 100_000, 20_000, 1_000, 200, 10, 1_000, 180.0, 600.0)
 QUICK = Sizes(2_000, 10_000, 2_000, 100, 100, 5, 200, 60.0, 240.0)
 
 
-class Deadline:
-    def __init__(self, seconds: float) -> None:
-        self.end = time.monotonic() + seconds
-
-    def left(self) -> float:
-        return self.end - time.monotonic()
-
-    def cap(self, seconds: float) -> float:
-        """``seconds``, or what is left of the budget when that is less."""
-        left = self.left()
-        if left <= 0:
-            raise BenchError("time budget spent")
-        return min(seconds, left)
-
-    def check(self, what: str) -> None:
-        if self.left() <= 0:
-            raise BenchError(f"time budget spent during {what}")
-
-
 # -- processes ------------------------------------------------------------------------------
-
-
-class Service:
-    """A process started here (``python ARGS``), its output in a log file, ended by PID."""
-
-    def __init__(self, name: str, args: list[str], env: dict[str, str], log_dir: Path) -> None:
-        self.name = name
-        self.log_path = log_dir / f"{name}.log"
-        self._log = self.log_path.open("wb")
-        self.popen = subprocess.Popen(
-            [sys.executable, *args],
-            cwd=ROOT,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        self._seen: dict[int, float] = {}
-
-    def output(self) -> str:
-        return self.log_path.read_text(encoding="utf-8", errors="replace")
-
-    def tail(self, lines: int = 15) -> str:
-        return "\n".join(self.output().splitlines()[-lines:])
-
-    def wait_for(self, marker: str, timeout: float, count: int = 1) -> str:
-        """Wait until ``marker`` appeared ``count`` times in the output; returns its last line."""
-        end = time.monotonic() + timeout
-        while True:
-            hits = [line for line in self.output().splitlines() if marker in line]
-            if len(hits) >= count:
-                return hits[-1]
-            if self.popen.poll() is not None:
-                raise BenchError(
-                    f"{self.name} exited ({self.popen.returncode}) before '{marker}':\n"
-                    + self.tail()
-                )
-            if time.monotonic() > end:
-                raise BenchError(
-                    f"{self.name}: no '{marker}' within {timeout:.0f}s:\n" + self.tail()
-                )
-            time.sleep(0.05)
-
-    def processes(self) -> list[psutil.Process]:
-        """The process and its descendants now (remembered, so stop() can end them by PID)."""
-        try:
-            main = psutil.Process(self.popen.pid)
-            procs = [main, *main.children(recursive=True)]
-        except psutil.NoSuchProcess:
-            return []
-        for p in procs:
-            with contextlib.suppress(psutil.Error):
-                self._seen.setdefault(p.pid, p.create_time())
-        return procs
-
-    def memory_mb(self) -> tuple[float, float] | None:
-        """(RSS, PSS) of the process tree in MB, or None when it has ended."""
-        rss = pss = 0
-        procs = self.processes()
-        for p in procs:
-            with contextlib.suppress(psutil.Error):
-                info = p.memory_full_info()
-                rss += info.rss
-                pss += getattr(info, "pss", info.rss)
-        return (rss / MB, pss / MB) if procs and rss else None
-
-    def alive(self) -> bool:
-        return self.popen.poll() is None
-
-    def stop(self, grace: float = 15.0) -> None:
-        self.processes()
-        if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGTERM)
-            try:
-                self.popen.wait(grace)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait(10)
-        self._end_leftovers()
-        self._log.close()
-
-    def _end_leftovers(self) -> None:
-        """Descendants seen earlier that outlived the process: SIGTERM, then SIGKILL."""
-        left = []
-        for pid, created in self._seen.items():
-            if pid == self.popen.pid:
-                continue
-            with contextlib.suppress(psutil.Error):
-                p = psutil.Process(pid)
-                if p.create_time() == created:
-                    p.terminate()
-                    left.append(p)
-        _, alive = psutil.wait_procs(left, timeout=5)
-        for p in alive:
-            with contextlib.suppress(psutil.Error):
-                p.kill()
 
 
 @dataclass
@@ -240,101 +126,6 @@ class Ctx:
 
 
 # -- measuring helpers ---------------------------------------------------------------------
-
-
-class CompletionWatch:
-    """Polls a completion counter every 5 ms: when the first and the last task completed."""
-
-    def __init__(self, r: redis.Redis, key: str, total: int) -> None:
-        self.r, self.key, self.total = r, key, total
-        self.first: float | None = None
-        self.last: float | None = None
-        self.count = 0
-        self._done = threading.Event()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="completion-watch", daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.count = int(self.r.get(self.key) or 0)
-            now = time.perf_counter()
-            if self.count and self.first is None:
-                self.first = now
-            if self.count >= self.total:
-                self.last = now
-                self._done.set()
-                return
-            time.sleep(0.005)
-
-    def __enter__(self) -> CompletionWatch:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(5)
-
-    def wait(self, timeout: float, procs: list[Service] | None = None) -> None:
-        """Until every task completed; fails early when all ``procs`` have exited."""
-        end = time.monotonic() + timeout
-        while not self._done.wait(0.2):
-            if procs and not any(p.alive() for p in procs):
-                self._done.wait(0.5)
-                if not self._done.is_set():
-                    tails = "\n".join(p.tail(5) for p in procs)
-                    raise BenchError(f"workers exited at {self.count}/{self.total} tasks:\n{tails}")
-            if time.monotonic() > end:
-                raise BenchError(f"drain not done in {timeout:.0f}s ({self.count}/{self.total})")
-
-    def rate(self) -> float:
-        assert self.first is not None and self.last is not None
-        return self.total / max(self.last - self.first, 1e-6)
-
-
-class MemorySampler:
-    """Memory of the worker processes: ``final()`` samples once after the drain. With an
-    ``interval`` it also samples during the drain (for workers that exit when done), at a cost:
-    walking the process trees takes CPU from the drain being measured."""
-
-    def __init__(self, services: list[Service], interval: float | None = None) -> None:
-        self.services = services
-        self.interval = interval
-        self.last: tuple[float, float] | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="memory-sampler", daemon=True)
-
-    def sample(self) -> tuple[float, float] | None:
-        parts = [m for s in self.services if (m := s.memory_mb()) is not None]
-        if not parts:
-            return None
-        self.last = (sum(p[0] for p in parts), sum(p[1] for p in parts))
-        return self.last
-
-    def _run(self) -> None:
-        assert self.interval is not None
-        while not self._stop.wait(self.interval):
-            self.sample()
-
-    def __enter__(self) -> MemorySampler:
-        if self.interval is not None:
-            self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(5)
-
-    def final(self) -> dict[str, float | None]:
-        """After the drain: a fresh sample while the workers live, else the last one taken."""
-        now = self.sample() or self.last
-        return {"worker_rss_mb": now[0] if now else None, "worker_pss_mb": now[1] if now else None}
-
-
-def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
-    t0 = time.perf_counter()
-    value = fn()
-    return value, time.perf_counter() - t0
 
 
 def round_trips(ctx: Ctx, n: int, one: Callable[[int], Any]) -> dict[str, Any]:
@@ -791,18 +582,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if unknown:
         parser.error(f"unknown system(s): {', '.join(sorted(unknown))}")
     return args
-
-
-@contextlib.contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    def handler(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def make_ctx(sizes: Sizes) -> Ctx:

@@ -253,10 +253,16 @@ class Worker:
             return  # aborted meanwhile (lost lease or cancelled job)
         result = body if header["ok"] else None
         task_log = header.get("log")
-        self._background_run(self._report(running.message, result, header.get("error"), task_log))
         if self.pool.needs_retirement(child):
             self._background_run(self.pool.replace(child))
         self._dispatch_waiting()
+        # the freed slot is reserved now for the completion's own fetch, so that the fetch loop
+        # does not fetch for it meanwhile (two round trips instead of one)
+        refill = self._claimable() if result is not None else 0
+        self._reserved += refill
+        self._background_run(
+            self._report(running.message, result, header.get("error"), task_log, refill)
+        )
         if result is None:
             self._wake.set()  # a failure is stored without a fetch: let the loop refill the slot
 
@@ -281,12 +287,15 @@ class Worker:
         result: bytes | None,
         error: dict[str, Any] | None,
         task_log: dict[str, Any] | None = None,
+        refill: int = 0,
     ) -> None:
+        """Store an outcome; a success also fetches ``refill`` tasks (slots the caller
+        reserved for it, released here)."""
         self._storing.add(message.id)
         try:
             if result is not None:
                 self.stats.done += 1
-                await self._complete(message, result, task_log)
+                await self._complete(message, result, task_log, refill)
             else:
                 self.stats.failed += 1
                 error = {**(error or {}), "attempt": message.attempt, "worker": self.name}
@@ -312,12 +321,11 @@ class Worker:
             self._wake.set()
 
     async def _complete(
-        self, message: TaskMessage, result: bytes, task_log: dict[str, Any] | None = None
+        self, message: TaskMessage, result: bytes, task_log: dict[str, Any] | None, n: int
     ) -> None:
-        """Store a result and, in the same round trip, fetch work for the freed slot."""
+        """Store a result and, in the same round trip, fetch ``n`` tasks (reserved slots,
+        released here) for the freed slot."""
         s = self.settings
-        n = self._claimable()
-        self._reserved += n
         try:
             _, messages = await until_stored(
                 self._forced,

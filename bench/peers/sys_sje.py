@@ -1,0 +1,125 @@
+"""SJE in bench/compare.py: its tasks (``sje worker --tasks bench.peers.sys_sje``) and adapter.
+
+A real master (``sje master --port 0``) and workers (``sje worker --concurrency 1`` x 2: two
+worker processes, each running one task at a time in its child process), all on the benchmark's
+private Redis under the key prefix ``bench-sje``, with a 5 s ``lease-timeout`` (default 30 s) so
+that the recovery scenario does not wait half a minute for a killed worker's task.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+from typing import Any, ClassVar
+
+import psutil
+
+import sje
+from bench.common import Service
+from bench.peers import work
+from bench.peers.base import Adapter as AdapterBase
+
+LEASE_TIMEOUT = "5s"
+ASYNC_CONCURRENCY = 100  # SJE's default: async tasks at once per child
+
+
+@sje.task
+def noop(i: int) -> int:
+    return work.noop(i)
+
+
+@sje.task
+def cpu(arg: list[int]) -> int:
+    return work.cpu(arg)
+
+
+@sje.task
+async def io(i: int) -> int:
+    return await work.aio(i)
+
+
+@sje.task
+def warm(i: int) -> int:
+    return work.warm(i)
+
+
+TASKS = {"noop": noop, "cpu": cpu, "io": io, "warm": warm}
+
+
+class Adapter(AdapterBase):
+    name = "sje"
+    dists = ("sparkjobexecutor", "redis")
+    concurrency: ClassVar[dict[str, int]] = {
+        "std": 2,
+        "rt": 2,
+        "io": 2 * ASYNC_CONCURRENCY,
+        "rec": 2,
+    }
+    batch_api = "one job of N inputs (one HTTP call)"
+
+    def setup(self) -> None:
+        self.token = f"bench-{secrets.token_hex(8)}"
+        self.sje_env = self.h.env(
+            SJE_BROKER_URL=self.h.plan.redis_url,
+            SJE_KEY_PREFIX="bench-sje",
+            SJE_TOKEN=self.token,
+            SJE_LEASE_TIMEOUT=LEASE_TIMEOUT,
+            SJE_TASK_ENV="BENCH_REDIS_URL",
+            SJE_ASYNC_CONCURRENCY=str(ASYNC_CONCURRENCY),
+        )
+        args = ["-m", "sje", "master", "--port", "0", "--bind-address", "127.0.0.1"]
+        master = self.h.start("sje-master", args, self.sje_env, persistent=True)
+        url = master.wait_for("listening on", self.h.deadline.cap(60)).rsplit(" ", 1)[-1]
+        self.client = sje.Client(url, token=self.token)
+        self.open: list[Any] = []  # handles of jobs that may still be queued (for purge)
+
+    def teardown(self) -> None:
+        with contextlib.suppress(Exception):
+            self.client.close()
+
+    def settings(self) -> dict[str, str]:
+        return {
+            "workers": "2 x `sje worker --concurrency 1` (2 worker processes, each with 1 "
+            "child process running 1 task at a time); I/O: async tasks, "
+            f"{ASYNC_CONCURRENCY} at once per child (its default) = 200",
+            "enqueue": "one-by-one: `Client.submit` of a single-task job per task (an HTTP "
+            "call each); batch: one job of N inputs",
+            "results": "always stored (every task, every scenario); round trip: "
+            "`submit({'args': [i]}).result()` (HTTP + server-sent events)",
+            "recovery": f"lease-timeout {LEASE_TIMEOUT} (default 30 s); the killed worker "
+            "process (SIGKILL; its child dies with it) stays dead",
+        }
+
+    def workers(self, mode: str) -> list[Service]:
+        out = []
+        for _ in range(2):
+            args = ["-m", "sje", "worker", "--tasks", __name__, "--concurrency", "1"]
+            out.append(self.h.start(f"sje-{mode}", [*args, "--name", "{name}"], self.sje_env))
+        for service in out:
+            service.wait_for("ready:", self.h.deadline.cap(60))
+            self.h.note_pids(service)
+        return out
+
+    def victim(self, workers: list[Service]) -> psutil.Process:
+        return psutil.Process(workers[0].pid)
+
+    def _job(self, kind: str, **spec: Any) -> None:
+        job = {"task": TASKS[kind].name, "allow-unknown-task": True, **spec}
+        self.open.append(self.client.submit(job))
+
+    def enqueue_one(self, kind: str, arg: Any) -> None:
+        self._job(kind, args=[arg])
+
+    def enqueue_batch(self, kind: str, args: list[Any]) -> None:
+        self._job(kind, inputs=args)
+
+    def round_trip(self, i: int) -> Any:
+        return self.client.submit({"task": TASKS["noop"].name, "args": [i]}).result(timeout=30)
+
+    def purge(self) -> None:
+        """Cancel the jobs that may still be queued (SJE's state shares this Redis)."""
+        for handle in self.open:
+            with contextlib.suppress(sje.SJEError):
+                if handle.status()["state"] in ("pending", "running"):
+                    handle.cancel()
+        self.open.clear()
