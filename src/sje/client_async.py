@@ -108,6 +108,8 @@ class AsyncJobHandle:
         view = await self.wait(timeout)
         check_outcome(view)
         if view.get("reduce") or view["kind"] == "call":
+            if "result" in view:  # carried by the final event of the stream
+                return view["result"]
             return (await self.client.request("GET", f"/jobs/{self.id}/results"))["result"]
         out: list[Any] = []
         while len(out) < view["inputs"]:

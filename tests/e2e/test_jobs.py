@@ -51,6 +51,8 @@ def test_reduce_receives_every_result_in_input_order(
     )
     assert handle.result(timeout=60) == sum(x * x for x in range(100))
     assert handle.status()["tasks"]["total"] == 16  # 15 chunks + the reduce step
+    # the stream's final event carries the value: waiting costs no extra request
+    assert handle.wait(10)["result"] == sum(x * x for x in range(100))
 
 
 def test_chunked_job_results_are_flattened_in_input_order(
@@ -70,6 +72,7 @@ def test_args_job_returns_the_single_value(master: str, worker: Callable[..., Pr
         {"task": "tests.apps.sample_tasks.add", "args": [2, 3], "kwargs": {"scale": 10}}
     )
     assert handle.result(timeout=60) == 50
+    assert handle.wait(10)["result"] == 50  # in the final event of the stream
 
 
 def test_async_tasks_run_concurrently_inside_one_child_process(

@@ -261,8 +261,14 @@ class Api:
                 after = entry_id
                 yield sse(fields["type"], event_view(entry_id, fields, job_id), entry_id)
             if terminal and len(batch) < EVENTS_PAGE:
-                # the final snapshot is the whole job record: waiting clients need nothing more
-                yield sse(JOB_PROGRESS, await self._full_view(job_id, raw, errors=False))
+                # the final snapshot is the whole job record, with the value of a job that has
+                # one (args, reduce): waiting clients need nothing more
+                final = await self._full_view(job_id, raw, errors=False)
+                if raw["state"] == "succeeded" and (raw.get("reduce") or raw["kind"] == "call"):
+                    final["result"] = orjson.Fragment(
+                        await self._single_result(job_id, raw) or b"null"
+                    )
+                yield sse(JOB_PROGRESS, final)
                 return
             raw = await self.broker.job(job_id)
             if raw is not None and not is_terminal(raw) and (batch or job_level):

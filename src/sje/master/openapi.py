@@ -385,7 +385,8 @@ def _operations() -> dict[str, dict[str, Schema]]:
                 "description": (
                     "Stored events after `after` (or Last-Event-ID) are replayed, then live ones "
                     "follow, with `job.progress` snapshots in between; the stream ends after a "
-                    "last `job.progress` event carrying the final job record. Each event has an "
+                    "last `job.progress` event carrying the final job record (with `result`, the "
+                    "value, when a job with `args` or a reduce step succeeded). Each event has an "
                     "`id` to resume from, an `event` type (job.submitted, job.started, "
                     "task.started, task.succeeded, task.retrying, job.succeeded, job.progress, "
                     "...; the module sje.events lists them all) and JSON `data`."
