@@ -26,17 +26,16 @@ import asyncio
 import logging
 from collections import defaultdict
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import urlsplit
 
 from sje.broker.amqp_queue import AmqpQueue
 from sje.broker.amqp_support import Delivery, OutgoingMessage, QueueAtBound
 from sje.broker.base import (
-    Broker,
     DeadLetters,
     MonitorViews,
     NewJob,
-    RelayStore,
+    StateStore,
     SubmitOutcome,
     TaskLogs,
 )
@@ -61,10 +60,6 @@ DELIVERY_LIMIT = 20
 #: setting never makes a queue's declaration clash with the existing one
 BAND_BOUND = 10_000_000
 STATE_SCHEMES = ("redis", "rediss", "unix", "sqlite")
-
-
-class StateStore(Broker, RelayStore, Protocol):
-    """A broker that can also be the state store of the ``amqp://`` backend."""
 
 
 def _message(task_id: str) -> OutgoingMessage:

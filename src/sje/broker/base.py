@@ -328,3 +328,8 @@ class Broker(TaskQueue, Scheduler, JobStore, Protocol):
     async def shared_value(self, name: str, candidate: str) -> tuple[str, bool]: ...
 
     async def durability_warnings(self) -> list[str]: ...
+
+
+class StateStore(Broker, RelayStore, Protocol):
+    """A broker that keeps its own state (Redis, SQLite): it can also be the state store of
+    the ``amqp://`` backend."""

@@ -18,7 +18,6 @@ from sje.cli.base import (
     print_json,
     progress_bar,
 )
-from sje.client import check_outcome, status_record
 
 #: events worth a line of their own (every other event only moves the bar)
 _NARRATED = {
@@ -60,6 +59,8 @@ def watch(config_file: str | None, as_json: bool, job_id: str, timeout: float | 
     Exits 0 when the job succeeded, else with the failure's exit code. With --json, prints each
     event as one JSON line.
     """
+    from sje.client import check_outcome, status_record  # httpx: not in `sje worker`
+
     handle = client_for(config_file).job(job_id)
     handle.status()  # an unknown job is an error before anything is drawn
     final: dict[str, Any] = {}
