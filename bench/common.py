@@ -171,7 +171,12 @@ class Service:
     def alive(self) -> bool:
         return self.popen.poll() is None
 
-    def stop(self, grace: float = 15.0, sig: signal.Signals = signal.SIGTERM) -> None:
+    def stop(
+        self,
+        grace: float = 15.0,
+        sig: signal.Signals = signal.SIGTERM,
+        leftover_grace: float = 5.0,
+    ) -> None:
         self.processes()
         if self.popen.poll() is None:
             self.popen.send_signal(sig)
@@ -180,7 +185,7 @@ class Service:
             except subprocess.TimeoutExpired:
                 self.popen.kill()
                 self.popen.wait(10)
-        end_pids(self._seen, skip=self.popen.pid)
+        end_pids(self._seen, skip=self.popen.pid, grace=leftover_grace)
         self._log.close()
 
 

@@ -20,7 +20,6 @@ from typing import Any, ClassVar
 
 import psutil
 import redis
-
 from bench.common import ROOT, Deadline, Service
 from bench.peers import work
 
@@ -79,6 +78,7 @@ class Harness:
         self._names: dict[str, int] = {}
         self._pids: dict[int, float] = {}
         self._lock = threading.Lock()
+        self.stop_grace = 15.0
 
     def env(self, **extra: str) -> dict[str, str]:
         skip = ("SJE_", "BENCH_", "CELERY_", "RQ_", "DRAMATIQ_", "HUEY_", "ARQ_", "TASKIQ_")
@@ -119,11 +119,12 @@ class Harness:
             tmp.replace(self.plan.pid_file)
 
     def stop_workers(self) -> None:
+        """SIGTERM (each system's warm shutdown), SIGKILL after ``stop_grace``."""
         while self.services:
             service = self.services.pop()
             with contextlib.suppress(Exception):
                 self.note_pids(service)
-                service.stop()
+                service.stop(grace=self.stop_grace, leftover_grace=min(self.stop_grace, 5.0))
 
     def stop_all(self) -> None:
         self.stop_workers()
@@ -145,6 +146,10 @@ class Adapter:
     concurrency: ClassVar[dict[str, int]] = {"std": 2, "rt": 2, "io": 2, "rec": 2}
     #: how the batch enqueue is done, or None when the system has no batch API
     batch_api: ClassVar[str | None] = None
+    #: seconds after a worker's death within which the system re-delivers what it held (its
+    #: lease, heartbeat or visibility timeout), or None when it never does: the recovery
+    #: scenario watches that long after the kill, so a late re-run is counted as a duplicate
+    redelivery_s: ClassVar[float | None] = None
 
     def __init__(self, h: Harness) -> None:
         self.h = h

@@ -13,7 +13,6 @@ import psutil
 from arq import create_pool
 from arq.connections import ArqRedis, RedisSettings
 from arq.worker import func
-
 from bench.common import Service
 from bench.peers import work
 from bench.peers.base import Adapter as AdapterBase
@@ -58,6 +57,7 @@ class Adapter(AdapterBase):
     name = "arq"
     dists = ("arq", "redis")
     concurrency: ClassVar[dict[str, int]] = {k: 2 * v for k, v in MAX_JOBS.items()}
+    redelivery_s = JOB_TIMEOUT + 10.0
 
     def setup(self) -> None:
         self.loop = asyncio.new_event_loop()

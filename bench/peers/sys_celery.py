@@ -7,12 +7,11 @@ import contextlib
 from typing import Any, ClassVar
 
 import psutil
-from celery import Celery, group
-
 from bench.common import Service
 from bench.peers import work
 from bench.peers.base import Adapter as AdapterBase
 from bench.peers.base import busiest_child
+from celery import Celery, group
 
 app = Celery("bench", broker=work.redis_url(), backend=work.redis_url())
 app.conf.update(
@@ -64,6 +63,7 @@ class Adapter(AdapterBase):
     dists = ("celery", "kombu", "redis")
     concurrency: ClassVar[dict[str, int]] = {"std": 2, "rt": 2, "io": 2 * IO_THREADS, "rec": 2}
     batch_api = "group(...).apply_async()"
+    redelivery_s = 0.0  # re-queued as soon as the pool process is found dead
     keep = ("_kombu.binding.*",)  # the queue bindings, declared once by the client
 
     def setup(self) -> None:

@@ -7,14 +7,13 @@ from typing import Any, ClassVar
 
 import dramatiq
 import psutil
-from dramatiq.brokers.redis import RedisBroker
-from dramatiq.results import Results
-from dramatiq.results.backends.redis import RedisBackend
-
 from bench.common import Service
 from bench.peers import work
 from bench.peers.base import Adapter as AdapterBase
 from bench.peers.base import busiest_child
+from dramatiq.brokers.redis import RedisBroker
+from dramatiq.results import Results
+from dramatiq.results.backends.redis import RedisBackend
 
 HEARTBEAT_TIMEOUT_MS = 5_000  # default 60 s: a dead consumer's messages come back after this
 IO_THREADS = 100
@@ -55,6 +54,7 @@ class Adapter(AdapterBase):
     dists = ("dramatiq", "redis")
     concurrency: ClassVar[dict[str, int]] = {"std": 2, "rt": 2, "io": 2 * IO_THREADS, "rec": 2}
     batch_api = "group(...).run() (one message at a time)"
+    redelivery_s = HEARTBEAT_TIMEOUT_MS / 1000
 
     def settings(self) -> dict[str, str]:
         return {

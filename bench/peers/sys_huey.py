@@ -6,12 +6,11 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import psutil
-from huey import RedisHuey
-
 from bench.common import Service
 from bench.peers import work
 from bench.peers.base import Adapter as AdapterBase
 from bench.peers.base import busiest_child
+from huey import RedisHuey
 
 IO_THREADS = 100
 

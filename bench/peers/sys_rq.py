@@ -11,11 +11,10 @@ from typing import Any
 
 import psutil
 import redis
-from rq import Queue
-
 from bench.common import Service
 from bench.peers import work
 from bench.peers.base import Adapter as AdapterBase
+from rq import Queue
 
 WORKER_CLASS = "rq.SimpleWorker"
 

@@ -13,11 +13,11 @@ import secrets
 from typing import Any, ClassVar
 
 import psutil
-
-import sje
 from bench.common import Service
 from bench.peers import work
 from bench.peers.base import Adapter as AdapterBase
+
+import sje
 
 LEASE_TIMEOUT = "5s"
 ASYNC_CONCURRENCY = 100  # SJE's default: async tasks at once per child
@@ -43,7 +43,7 @@ def warm(i: int) -> int:
     return work.warm(i)
 
 
-TASKS = {"noop": noop, "cpu": cpu, "io": io, "warm": warm}
+TASKS: dict[str, sje.Task[Any]] = {"noop": noop, "cpu": cpu, "io": io, "warm": warm}
 
 
 class Adapter(AdapterBase):
@@ -56,6 +56,7 @@ class Adapter(AdapterBase):
         "rec": 2,
     }
     batch_api = "one job of N inputs (one HTTP call)"
+    redelivery_s = 6.0  # lease-timeout + a scheduler tick
 
     def setup(self) -> None:
         self.token = f"bench-{secrets.token_hex(8)}"
@@ -119,7 +120,6 @@ class Adapter(AdapterBase):
     def purge(self) -> None:
         """Cancel the jobs that may still be queued (SJE's state shares this Redis)."""
         for handle in self.open:
-            with contextlib.suppress(sje.SJEError):
-                if handle.status()["state"] in ("pending", "running"):
-                    handle.cancel()
+            with contextlib.suppress(sje.SJEError):  # a finished job cannot be cancelled
+                handle.cancel()
         self.open.clear()

@@ -10,12 +10,11 @@ import os
 from typing import Any, ClassVar
 
 import psutil
-from taskiq_redis import RedisAsyncResultBackend, RedisStreamBroker
-
 from bench.common import Service
 from bench.peers import work
 from bench.peers.base import Adapter as AdapterBase
 from bench.peers.base import busiest_child
+from taskiq_redis import RedisAsyncResultBackend, RedisStreamBroker
 
 MAX_ASYNC_TASKS = {"std": 1, "rt": 1, "io": 100, "rec": 1}
 IDLE_TIMEOUT_MS = 5_000  # default 10 min: an unacknowledged message is claimed after this
@@ -60,8 +59,12 @@ class Adapter(AdapterBase):
     name = "taskiq"
     dists = ("taskiq", "taskiq-redis", "redis")
     concurrency: ClassVar[dict[str, int]] = {k: 2 * v for k, v in MAX_ASYNC_TASKS.items()}
+    redelivery_s = IDLE_TIMEOUT_MS / 1000
 
     def setup(self) -> None:
+        # taskiq's worker processes do not exit after SIGTERM here (they log their shutdown,
+        # then hang; cf. taskiq issue #646): SIGKILL after 2 s, once the measurement is done
+        self.h.stop_grace = 2.0
         self.loop = asyncio.new_event_loop()
         self.loop.run_until_complete(broker.startup())
 
@@ -82,6 +85,8 @@ class Adapter(AdapterBase):
             "recovery": f"idle_timeout {IDLE_TIMEOUT_MS // 1000} s (default 10 min): a dead "
             "worker's unacknowledged messages are claimed by XAUTOCLAIM; SIGKILL one worker "
             "process, which the main process restarts",
+            "note": "its worker processes hang after SIGTERM (logged shutdown, no exit), so "
+            "they are SIGKILLed 2 s after each scenario, when the measurement is done",
         }
 
     def workers(self, mode: str) -> list[Service]:

@@ -1,8 +1,8 @@
 """The work every system runs in bench/compare.py: the same bodies, wrapped by each system's app.
 
 Only the standard library and ``redis``: every peer's virtual environment imports it. The Redis
-is the benchmark's private one (``BENCH_REDIS_URL``, required); the keys are fixed, and the driver deletes
-them before each measurement:
+is the benchmark's private one (``BENCH_REDIS_URL``, required); the keys are fixed, and the
+driver deletes them before each measurement:
 
 - ``bench:done``  completion counter: ``INCR`` once per run of a task (duplicates included);
 - ``bench:seen``  set of the inputs that completed: its size is the number of distinct tasks
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 import time
 from typing import Any
 
@@ -37,6 +38,7 @@ WARM_SECONDS = 0.02
 
 _sync: tuple[int, redis.Redis] | None = None
 _async: dict[tuple[int, int], aioredis.Redis] = {}
+_lock = threading.Lock()  # thread pools: one client, made once
 
 
 def redis_url() -> str:
@@ -51,9 +53,13 @@ def redis_url() -> str:
 def client() -> redis.Redis:
     """One client per process (redis-py's pool is thread-safe)."""
     global _sync
-    if _sync is None or _sync[0] != os.getpid():
-        _sync = (os.getpid(), redis.Redis.from_url(redis_url()))
-    return _sync[1]
+    found = _sync
+    if found is None or found[0] != os.getpid():
+        with _lock:
+            if _sync is None or _sync[0] != os.getpid():
+                _sync = (os.getpid(), redis.Redis.from_url(redis_url()))
+            found = _sync
+    return found[1]
 
 
 def aclient() -> aioredis.Redis:
@@ -144,11 +150,17 @@ async def aio(i: int) -> int:
 
 def warm(i: int) -> int:
     time.sleep(WARM_SECONDS)
-    client().pipeline(transaction=False).sadd(PIDS, os.getpid()).incr(WARM).execute()
+    pipe = client().pipeline(transaction=False)
+    pipe.sadd(PIDS, os.getpid())
+    pipe.incr(WARM)
+    pipe.execute()
     return i
 
 
 async def awarm(i: int) -> int:
     await asyncio.sleep(WARM_SECONDS)
-    await aclient().pipeline(transaction=False).sadd(PIDS, os.getpid()).incr(WARM).execute()
+    pipe = aclient().pipeline(transaction=False)
+    pipe.sadd(PIDS, os.getpid())
+    pipe.incr(WARM)
+    await pipe.execute()
     return i
