@@ -80,9 +80,10 @@ class Adapter(AdapterBase):
 
     def settings(self) -> dict[str, str]:
         return {
-            "workers": "2 x `sje worker --concurrency 1` (2 worker processes, each with 1 "
-            "child process running 1 task at a time); I/O: async tasks, "
-            f"{ASYNC_CONCURRENCY} at once per child (its default) = 200",
+            "workers": "`sje worker --concurrency 2`: one worker process and 2 child processes "
+            "each running 1 task at a time (as Celery's prefork parent and 2 children, Huey's "
+            "consumer and 2 workers); recovery: 2 x `--concurrency 1`, one of them killed; "
+            f"I/O: async tasks, {ASYNC_CONCURRENCY} at once per child (its default) = 200",
             "enqueue": "one-by-one: `Client.submit` of a single-task job per task (an HTTP "
             "call each); batch: one job of N inputs",
             "results": "always stored (every task, every scenario); round trip: "
@@ -92,9 +93,11 @@ class Adapter(AdapterBase):
         }
 
     def workers(self, mode: str) -> list[Service]:
+        """One worker with 2 children; for recovery, 2 workers of 1 child (one is killed)."""
+        shape = [1, 1] if mode == "rec" else [2]
         out = []
-        for _ in range(2):
-            args = ["-m", "sje", "worker", "--tasks", __name__, "--concurrency", "1"]
+        for children in shape:
+            args = ["-m", "sje", "worker", "--tasks", __name__, "--concurrency", str(children)]
             out.append(self.h.start(f"sje-{mode}", [*args, "--name", "{name}"], self.sje_env))
         for service in out:
             service.wait_for("ready:", self.h.deadline.cap(60))
