@@ -1,4 +1,5 @@
-"""Pieces shared by the benchmarks (run.py, compare.py and the drivers under peers/).
+"""Pieces shared by the benchmarks (compare.py and the drivers under peers/, load.py, monitor.py,
+backends.py).
 
 Only the standard library, ``redis`` and ``psutil``: the compare drivers import this module from
 each peer's own virtual environment, where neither SJE nor rich is installed.

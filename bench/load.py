@@ -49,9 +49,9 @@ from pathlib import Path
 from typing import Any
 
 import redis
+from common import BenchError, Deadline, Service, sigterm_as_interrupt
 from rich.console import Console
 from rich.table import Table
-from run import BenchError, Deadline, Service, sigterm_as_interrupt
 
 import sje
 

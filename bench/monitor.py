@@ -33,9 +33,9 @@ from typing import Any
 
 import httpx
 import redis
+from common import BenchError, Deadline, Service, sigterm_as_interrupt
 from rich.console import Console
 from rich.table import Table
-from run import BenchError, Deadline, Service, sigterm_as_interrupt
 
 from sje.broker.base import NewJob
 from sje.broker.redis import RedisBroker
