@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from sje._validation import parse_duration
+from sje.broker.registry import open_broker
 from sje.config import (
     DEFAULT_MASTER_URL,
     BrokerSettings,
@@ -412,3 +413,21 @@ def test_a_refused_secret_value_is_never_echoed(monkeypatch: pytest.MonkeyPatch)
         load_settings(MasterSettings, None)
     assert "SJE_TOKEN" in refused.value.message
     assert "short" not in refused.value.message
+
+
+def test_a_broker_url_of_an_unknown_scheme_names_the_ones_to_use() -> None:
+    with pytest.raises(ConfigError, match=r"broker-url 'kafka://h/': unknown scheme 'kafka'.*"):
+        open_broker("kafka://h/", "sje")
+    with pytest.raises(ConfigError, match=r"use one of: redis://.*sqlite://, amqp://, amqps://$"):
+        open_broker("kafka://h/", "sje")
+
+
+def test_amqp_needs_a_redis_or_sqlite_state_url() -> None:
+    amqp = "amqp://guest:guest@127.0.0.1:5672/"
+    with pytest.raises(ConfigError, match=r"needs a state store: set state-url \(SJE_STATE_URL\)"):
+        open_broker(amqp, "sje")
+    with pytest.raises(
+        ConfigError, match=r"state-url 'amqp://h/': unknown scheme 'amqp'; use one of: redis://"
+    ) as refused:
+        open_broker(amqp, "sje", "amqp://h/")
+    assert "amqp://," not in str(refused.value)  # RabbitMQ cannot be its own state store

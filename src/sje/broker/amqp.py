@@ -27,7 +27,6 @@ import logging
 from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
-from urllib.parse import urlsplit
 
 from sje.broker.amqp_queue import AmqpQueue
 from sje.broker.amqp_support import Delivery, OutgoingMessage, QueueAtBound
@@ -39,7 +38,7 @@ from sje.broker.base import (
     SubmitOutcome,
     TaskLogs,
 )
-from sje.errors import BrokerError, ConfigError
+from sje.errors import BrokerError
 from sje.models import TaskMessage
 from sje.tasks import TaskDefaults
 
@@ -59,7 +58,6 @@ DELIVERY_LIMIT = 20
 #: ``max-queue-length`` the store applies per queue at submit; fixed, so that changing the
 #: setting never makes a queue's declaration clash with the existing one
 BAND_BOUND = 10_000_000
-STATE_SCHEMES = ("redis", "rediss", "unix", "sqlite")
 
 
 def _message(task_id: str) -> OutgoingMessage:
@@ -315,24 +313,3 @@ class AmqpBroker:
                 "classic durable queues (not replicated); enable quorum queues for failover"
             )
         return warnings
-
-
-def state_url_problem(url: str, state_url: str | None) -> str | None:
-    """Why ``state_url`` cannot be the state store of the ``amqp://`` broker ``url``, or None."""
-    example = "redis://127.0.0.1:6379/0 or sqlite:////var/lib/sje/sje.db"
-    if not state_url:
-        return (
-            f"broker-url '{url}' needs a state store: set state-url (SJE_STATE_URL) to a Redis "
-            f"or SQLite URL, e.g. {example}"
-        )
-    scheme = urlsplit(state_url).scheme
-    if scheme not in STATE_SCHEMES:
-        return f"state-url '{state_url}': use a Redis or SQLite URL, e.g. {example}"
-    return None
-
-
-def check_state_url(url: str, state_url: str | None) -> str:
-    problem = state_url_problem(url, state_url)
-    if problem is not None or state_url is None:
-        raise ConfigError(problem or "state-url is missing")
-    return state_url
