@@ -126,7 +126,8 @@ def burn_cpu(item: dict[str, Any]) -> str:
 def fork_bomb(item: dict[str, Any]) -> dict[str, int]:
     """Forks (each fork leaves the process group) until ``max_forks`` or until the kernel
     refuses ``give_up_after`` times; each fork writes ``fork-<pid>`` and lingers. Returns the
-    counts, leaving the forks behind."""
+    counts once every fork has written its marker (the worker may kill them all as soon as the
+    task returns), leaving the forks behind."""
     forked = refused = 0
     for _ in range(item["max_forks"]):
         try:
@@ -139,6 +140,8 @@ def fork_bomb(item: dict[str, Any]) -> dict[str, int]:
         if pid == 0:
             _forked(item)
         forked += 1
+    folder = Path(item["dir"])
+    wait_until(lambda: len(list(folder.glob("fork-*"))) >= forked, 15, "every fork's marker")
     return {"forked": forked, "refused": refused}
 
 
