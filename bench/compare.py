@@ -170,6 +170,9 @@ def metrics(s: Sizes) -> list[Metric]:
         Metric("worker_pss_peak_mb", "workers' peak PSS in the drain (MB)", "lower", "{:.0f}"),
         Metric("rec_time_s", "recovery: kill → last task done (s) ⁵", "lower", "{:.2f}"),
         Metric("rec_dups", "recovery: tasks run twice ⁵", "lower", "{:.0f}", ratio=False),
+        Metric(
+            "rec_held", "recovery: tasks the killed worker held ⁵", "lower", "{:.0f}", ratio=False
+        ),
         Metric("rec_lost", "recovery: tasks lost ⁵", "lower", "{:.0f}", ratio=False),
     ]
 
@@ -302,7 +305,9 @@ def notes(sizes: Sizes, plan: dict[str, Any], results: dict[str, dict[str, Any]]
         f"⁵ {sizes.rec_n:,} no-ops queued, SIGKILL one worker process once {sizes.rec_kill_at:,} "
         f"completed; 'lost' = never completed (the wait ends {sizes.rec_stall_s:.0f} s after the "
         f"last progress, at most {sizes.rec_cap_s:.0f} s after the kill); 'run twice' is exact "
-        "(a set of completed inputs).",
+        "(a set of completed inputs); 'held' = tasks taken and not acknowledged by the killed "
+        "process, read from the broker at the kill (SJE: its leases; n/a where a system does not "
+        "tell), the bound on 'run twice'.",
     ]
 
 

@@ -182,6 +182,11 @@ class Adapter:
         """The process that the recovery scenario kills with SIGKILL."""
         raise NotImplementedError
 
+    def held_by(self, victim: str) -> int | None:
+        """Tasks the killed victim (its command line) had taken and not acknowledged, read
+        just after the kill (None where the system does not tell)."""
+        return None
+
     # -- enqueue and results; kind is one of noop, cpu, io, warm
     def enqueue_one(self, kind: str, arg: Any) -> None:
         raise NotImplementedError

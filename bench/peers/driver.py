@@ -312,9 +312,11 @@ def scenario_recovery(h: Harness, a: Adapter, rec: dict[str, Any]) -> None:
         )
         victim = a.victim(workers)
         desc = f"pid {victim.pid} ({' '.join(victim.cmdline()[1:5])})"
+        name = " ".join(victim.cmdline())
         victim.send_signal(signal.SIGKILL)
         t_kill = time.perf_counter()
         at_kill = watch.done
+        held = a.held_by(name)
         cap_end = time.monotonic() + h.deadline.cap(plan.rec_cap_s)
         while watch.complete_at is None and time.monotonic() < cap_end:
             if time.perf_counter() - max(watch.last_change, t_kill) > plan.rec_stall_s:
@@ -333,6 +335,7 @@ def scenario_recovery(h: Harness, a: Adapter, rec: dict[str, Any]) -> None:
         rec_n=n,
         rec_killed_at=at_kill,
         rec_dups=done - seen,
+        rec_held=held,
         rec_lost=n - seen,
         rec_victim=desc,
         rec_time_s=(last - t_kill) if seen == n else None,

@@ -107,6 +107,14 @@ class Adapter(AdapterBase):
     def victim(self, workers: list[Service]) -> psutil.Process:
         return psutil.Process(workers[0].pid)
 
+    def held_by(self, victim: str) -> int | None:
+        """Leases the killed worker held: ``P:owner`` maps each leased task to its worker's
+        id, ``<name>-<6 hex>`` (the name from its command line's ``--name``)."""
+        args = victim.split()
+        name = args[args.index("--name") + 1]
+        owners = self.h.r.hvals("bench-sje:owner")
+        return sum(1 for o in owners if o.decode().rsplit("-", 1)[0] == name)
+
     def _job(self, kind: str, **spec: Any) -> None:
         job = {"task": TASKS[kind].name, "allow-unknown-task": True, **spec}
         self.open.append(self.client.submit(job))

@@ -115,6 +115,7 @@ class WorkerSettings(BrokerSettings):
     worker_name: str | None = None
     concurrency: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, le=1024)
     async_concurrency: int = Field(default=100, ge=1, le=10_000)
+    prefetch: int = Field(default=256, ge=0, le=100_000)
     tasks: list[str] = Field(default_factory=list)
     lease_timeout: float = Field(default=30.0, gt=0)
     heartbeat_interval: float = Field(default=2.0, gt=0)

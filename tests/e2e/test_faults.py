@@ -125,6 +125,26 @@ def test_busy_worker_does_not_hoard_tasks_an_idle_worker_can_run(
     handle.cancel()
 
 
+def test_prefetched_tasks_stuck_behind_a_long_task_are_handed_back(
+    master: str, worker: Callable[..., Proc], tmp_path: Path
+) -> None:
+    busy = worker("--concurrency", "1", "--name", "busy")
+    client = sje.Client(master)
+    # short tasks first: the worker learns they are short and starts to prefetch
+    warm = client.submit({"task": "tests.apps.sample_tasks.square", "inputs": list(range(300))})
+    assert warm.result(timeout=60) == [x * x for x in range(300)]
+    items = _waiters(tmp_path, 20)
+    for item in items[1:]:
+        del item["release"]  # only the first task waits (and is never released)
+    handle = client.submit({"task": WAIT, "inputs": items})
+    wait_until(lambda: _started(tmp_path) >= 1, 30, "the long task to start")
+    wait_until(lambda: busy.find("handing back"), 30, "the busy worker to hand back its prefetch")
+    worker("--concurrency", "1", "--name", "idle")
+    wait_until(lambda: handle.status()["tasks"]["succeeded"] == 19, 30, "the short tasks")
+    assert handle.status()["tasks"]["running"] == 1
+    handle.cancel()
+
+
 def test_master_killed_and_restarted_mid_job_still_completes(
     env: dict[str, str], worker: Callable[..., Proc], procs: list[Proc], tmp_path: Path
 ) -> None:

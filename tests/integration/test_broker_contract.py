@@ -506,18 +506,21 @@ def test_results_are_returned_in_index_order(store: Store) -> None:
     run(store, scenario)
 
 
-def test_complete_and_fetch_stores_and_hands_out_the_next_task(store: Store) -> None:
-    job = make_job({"task": "t", "inputs": [1, 2, 3]})
+def test_complete_many_stores_a_batch_and_hands_out_the_next_tasks(store: Store) -> None:
+    job = make_job({"task": "t", "inputs": [1, 2, 3, 4]})
 
     async def scenario(b: Broker) -> None:
         await submit_ok(b, job)
-        (first,) = await b.fetch(W1, ["default"], 1, LONG_LEASE)
-        status, nxt = await b.complete_and_fetch(first.id, W1, b"10", 1, ["default"], LONG_LEASE)
-        assert status == "ok"
-        assert indexes(nxt) == ["1"]
-        assert await b.results(job.id, 0, 1) == [b"10"]
-        status, nxt = await b.complete_and_fetch(first.id, W1, b"10", 0, ["default"], LONG_LEASE)
-        assert (status, nxt) == ("duplicate", [])
+        first, second = await b.fetch(W1, ["default"], 2, LONG_LEASE)
+        done = [(first.id, b"10"), (second.id, b"20"), (first.id, b"11")]
+        statuses, nxt = await b.complete_many(W1, done, 1, ["default"], LONG_LEASE)
+        assert statuses == ["ok", "ok", "duplicate"], "in order; the first success wins"
+        assert indexes(nxt) == ["2"]
+        assert await b.results(job.id, 0, 2) == [b"10", b"20"]
+        statuses, nxt = await b.complete_many(W1, [(nxt[0].id, b"30")], 0, ["default"], LONG_LEASE)
+        assert (statuses, nxt) == (["ok"], [])
+        statuses, nxt = await b.complete_many(W1, [], 5, ["default"], LONG_LEASE)
+        assert (statuses, indexes(nxt)) == ([], ["3"])
 
     run(store, scenario)
 

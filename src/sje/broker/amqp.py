@@ -174,17 +174,16 @@ class AmqpBroker:
     async def complete(self, task_id: str, worker_id: str, result: bytes) -> str:
         return await self.store.complete(task_id, worker_id, result)
 
-    async def complete_and_fetch(
+    async def complete_many(
         self,
-        task_id: str,
         worker_id: str,
-        result: bytes,
+        done: list[tuple[str, bytes]],
         n: int,
         queues: list[str],
         lease_s: float,
-    ) -> tuple[str, list[TaskMessage]]:
-        status = await self.store.complete(task_id, worker_id, result)
-        return status, await self.fetch(worker_id, queues, n, lease_s)
+    ) -> tuple[list[str], list[TaskMessage]]:
+        statuses, _ = await self.store.complete_many(worker_id, done, 0, queues, lease_s)
+        return statuses, await self.fetch(worker_id, queues, n, lease_s)
 
     async def fail(
         self, task_id: str, worker_id: str, error: dict[str, Any], retry_in_s: float | None

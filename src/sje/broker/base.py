@@ -108,16 +108,17 @@ class TaskQueue(Protocol):
         """
         ...
 
-    async def complete_and_fetch(
+    async def complete_many(
         self,
-        task_id: str,
         worker_id: str,
-        result: bytes,
+        done: list[tuple[str, bytes]],
         n: int,
         queues: list[str],
         lease_s: float,
-    ) -> tuple[str, list[TaskMessage]]:
-        """``complete``, then ``fetch`` up to ``n`` tasks for the freed slot, in one step."""
+    ) -> tuple[list[str], list[TaskMessage]]:
+        """``complete`` each (task id, result) of ``done`` in order, then ``fetch`` up to ``n``
+        tasks for the freed slots, in one step. Returns each completion's status and the
+        fetched tasks."""
         ...
 
     async def renew(

@@ -186,21 +186,21 @@ class RedisBroker:
         raw = await self.run_script("fetch", worker_id, int(lease_s * 1000), n, *queues)
         return _messages(raw)
 
-    async def complete_and_fetch(
+    async def complete_many(
         self,
-        task_id: str,
         worker_id: str,
-        result: bytes,
+        done: list[tuple[str, bytes]],
         n: int,
         queues: list[str],
         lease_s: float,
-    ) -> tuple[str, list[TaskMessage]]:
-        """``complete`` then ``fetch`` of ``n`` tasks, in one round trip."""
-        lease_ms = int(lease_s * 1000)
+    ) -> tuple[list[str], list[TaskMessage]]:
+        """``complete`` each of ``done``, then ``fetch`` of ``n`` tasks, in one round trip."""
+        pairs = [part for item in done for part in item]
         raw = await self.run_script(
-            "complete_fetch", task_id, worker_id, result, lease_ms, n, *queues
+            "complete_fetch", worker_id, int(lease_s * 1000), n, len(done), *pairs, *queues
         )
-        return raw[0].decode(), _messages(raw[1:])
+        k = len(done)
+        return [status.decode() for status in raw[:k]], _messages(raw[k:])
 
     async def wait_for_work(self, queues: list[str], timeout_s: float) -> None:
         with self.guard():

@@ -199,20 +199,19 @@ class SQLiteBroker:
 
         return await self.call(run)
 
-    async def complete_and_fetch(
+    async def complete_many(
         self,
-        task_id: str,
         worker_id: str,
-        result: bytes,
+        done: list[tuple[str, bytes]],
         n: int,
         queues: list[str],
         lease_s: float,
-    ) -> tuple[str, list[TaskMessage]]:
-        """``complete`` then ``fetch`` of ``n`` tasks, in one transaction."""
+    ) -> tuple[list[str], list[TaskMessage]]:
+        """``complete`` each of ``done``, then ``fetch`` of ``n`` tasks, in one transaction."""
 
-        def op(tx: Tx) -> tuple[str, list[TaskMessage]]:
-            status = ops.complete(tx, task_id, worker_id, result)
-            return status, ops.fetch(tx, worker_id, _ms(lease_s), n, queues) if n > 0 else []
+        def op(tx: Tx) -> tuple[list[str], list[TaskMessage]]:
+            statuses = [ops.complete(tx, task_id, worker_id, result) for task_id, result in done]
+            return statuses, ops.fetch(tx, worker_id, _ms(lease_s), n, queues) if n > 0 else []
 
         return await self._fetching(op)
 

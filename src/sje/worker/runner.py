@@ -1,8 +1,15 @@
 """The worker process: fetch loop, heartbeat, timeouts and outcome reporting.
 
 One asyncio loop in the worker process; task code never runs here, only in the pool's
-children. The worker fetches at most its free slots, acknowledges a task only by storing its
-outcome, renews its leases on every heartbeat and hands tasks back when it stops.
+children. The worker acknowledges a task only by storing its outcome, renews its leases on
+every heartbeat and hands tasks back when it stops.
+
+It fetches for its free slots, plus a small prefetch while tasks are short: at most
+``prefetch`` tasks and about ``_PREFETCH_WINDOW_S`` of their observed run time per slot, so
+long tasks are never hoarded. A prefetched task that found no slot within ``_PREFETCH_HOLD_S``
+(every slot stuck on a long task) is handed back for other workers. Successes that arrive
+while one is being stored are stored together, with the fetch for the freed slots, in one
+broker call.
 """
 
 from __future__ import annotations
@@ -10,13 +17,14 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import logging
 import os
 import socket
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from sje.broker.registry import open_broker
 from sje.config import WorkerSettings
@@ -30,13 +38,27 @@ from sje.worker.intake import DEAD_LETTER_TYPES, Intake
 from sje.worker.pool import Child, Pool
 from sje.worker.sandbox import TaskLimits, death_hint
 from sje.worker.stats import WorkerStats
-from sje.worker.storing import log_first, until_stored
+from sje.worker.storing import logs_first, until_stored
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _TIMER_S = 0.1
 _IDLE_BLOCK_S = 1.0
+_PREFETCH_WINDOW_S = 0.02  # run time a slot's prefetched tasks add up to, at most
+_PREFETCH_HOLD_S = 1.0  # a prefetched task waiting longer than this is handed back
+_RUN_TIME_WEIGHT = 0.1  # of the newest task in the moving average of run times
+_FLUSH_BATCH = 64  # successes stored in one call, at most, before lingering stops
+_FLUSH_LINGER_S = 0.005  # wait for more successes when the children have work meanwhile
+
+
+class Waiting(NamedTuple):
+    """A fetched task no child can take yet."""
+
+    message: TaskMessage
+    is_async: bool
+    body: bytes
+    since: float  # monotonic seconds
 
 
 class Worker:
@@ -61,9 +83,13 @@ class Worker:
             self._on_frame,
             TaskLimits.from_settings(settings),
         )
-        self._waiting: collections.deque[tuple[TaskMessage, bool, bytes]] = collections.deque()
+        # fetched tasks no child can take yet, with when they arrived (monotonic)
+        self._waiting: collections.deque[Waiting] = collections.deque()
         self._storing: set[str] = set()
+        self._done: list[tuple[TaskMessage, bytes, Any]] = []  # successes to store next
+        self._flushing = False
         self._reserved = 0  # slots a fetch in flight is filling
+        self._run_time: float | None = None  # moving average of a task's run, in seconds
         self._background: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
@@ -179,10 +205,23 @@ class Worker:
                 await self._idle_wait()
 
     def _claimable(self) -> int:
-        """Free slots no fetch in flight is already filling (0 once stopping)."""
+        """Free slots plus the prefetch, less what is waiting and what a fetch in flight is
+        already filling (0 once stopping)."""
         if self._stopping.is_set():
             return 0
-        return self.pool.free_slots() - len(self._waiting) - self._reserved
+        free = self.pool.free_slots()
+        return free + self._prefetch(free) - len(self._waiting) - self._reserved
+
+    def _prefetch(self, free: int) -> int:
+        """How many tasks to hold beyond the free slots: ``_PREFETCH_WINDOW_S`` of average run
+        time per slot that is free or on a task younger than ``_PREFETCH_HOLD_S``, at most
+        ``prefetch``; none before the first task has run."""
+        cap, run_time = self.settings.prefetch, self._run_time
+        if not cap or run_time is None:
+            return 0
+        now = time.monotonic()
+        moving = free + sum(1 for _, r in self.pool.running() if now - r.started < _PREFETCH_HOLD_S)
+        return min(cap, int(moving * _PREFETCH_WINDOW_S / max(run_time, 1e-6)))
 
     def _is_idle(self) -> bool:
         return not (self.pool.running() or self._waiting or self._storing or self._background)
@@ -205,7 +244,7 @@ class Worker:
     def _start(self, message: TaskMessage) -> None:
         body, problem = self.intake.admit(message)
         if problem is not None:
-            self._background_run(self._report(message, None, problem))
+            self._background_run(self._report(message, problem))
             return
         task = self.catalog[message.task]
         if message.is_reduce:
@@ -215,7 +254,7 @@ class Worker:
 
     def _dispatch(self, message: TaskMessage, is_async: bool, body: bytes) -> None:
         if not self.pool.place(message, is_async, body):
-            self._waiting.append((message, is_async, body))
+            self._waiting.append(Waiting(message, is_async, body, time.monotonic()))
 
     async def _start_reduce(self, message: TaskMessage, task: Task[Any]) -> None:
         # held like an outcome being stored: renewed by heartbeats, retried through outages
@@ -235,8 +274,8 @@ class Worker:
 
     def _dispatch_waiting(self) -> None:
         while self._waiting:
-            message, is_async, body = self._waiting[0]
-            if not self.pool.place(message, is_async, body):
+            first = self._waiting[0]
+            if not self.pool.place(first.message, first.is_async, first.body):
                 return
             self._waiting.popleft()
 
@@ -251,20 +290,20 @@ class Worker:
         running = self.pool.finish(child, header["id"])
         if running is None:
             return  # aborted meanwhile (lost lease or cancelled job)
-        result = body if header["ok"] else None
-        task_log = header.get("log")
+        run_time = time.monotonic() - running.started
+        average = self._run_time
+        self._run_time = (
+            run_time if average is None else average + _RUN_TIME_WEIGHT * (run_time - average)
+        )
         if self.pool.needs_retirement(child):
             self._background_run(self.pool.replace(child))
         self._dispatch_waiting()
-        # the freed slot is reserved now for the completion's own fetch, so that the fetch loop
-        # does not fetch for it meanwhile (two round trips instead of one)
-        refill = self._claimable() if result is not None else 0
-        self._reserved += refill
-        self._background_run(
-            self._report(running.message, result, header.get("error"), task_log, refill)
-        )
-        if result is None:
-            self._wake.set()  # a failure is stored without a fetch: let the loop refill the slot
+        if header["ok"]:
+            self._succeeded(running.message, body, header.get("log"))
+        else:
+            self._background_run(
+                self._report(running.message, header.get("error"), header.get("log"))
+            )
 
     def _child_died(self, child: Child) -> None:
         code = child.process.returncode
@@ -276,72 +315,79 @@ class Worker:
                 "message": f"the child process running this task died ({how}); {hint}",
             }
             task_log = None if running.is_async else child.captured()
-            self._background_run(self._report(running.message, None, error, task_log))
+            self._background_run(self._report(running.message, error, task_log))
         child.tasks.clear()
         if not self._stopping.is_set():
             self._background_run(self.pool.replace(child))
 
     async def _report(
-        self,
-        message: TaskMessage,
-        result: bytes | None,
-        error: dict[str, Any] | None,
-        task_log: dict[str, Any] | None = None,
-        refill: int = 0,
+        self, message: TaskMessage, error: dict[str, Any] | None, task_log: Any = None
     ) -> None:
-        """Store an outcome; a success also fetches ``refill`` tasks (slots the caller
-        reserved for it, released here)."""
+        """Store a failed attempt: a retry later, or dead-lettered."""
         self._storing.add(message.id)
+        self.stats.failed += 1
+        error = {**(error or {}), "attempt": message.attempt, "worker": self.name}
         try:
-            if result is not None:
-                self.stats.done += 1
-                await self._complete(message, result, task_log, refill)
+            if error.get("type") in DEAD_LETTER_TYPES:
+                call = lambda: self.broker.dead_letter(message.id, self.id, error)  # noqa: E731
             else:
-                self.stats.failed += 1
-                error = {**(error or {}), "attempt": message.attempt, "worker": self.name}
-                if error.get("type") in DEAD_LETTER_TYPES:
-                    call = lambda: self.broker.dead_letter(message.id, self.id, error)  # noqa: E731
-                else:
-                    delay = retry_delay(
-                        message.attempt, message.retries, message.backoff, message.backoff_max
-                    )
-                    call = lambda: self.broker.fail(message.id, self.id, error, delay)  # noqa: E731
-                status = await until_stored(
-                    self._forced, log_first(self.broker.logs, message, task_log, call)
+                delay = retry_delay(
+                    message.attempt, message.retries, message.backoff, message.backoff_max
                 )
-                log.info(
-                    "task %s attempt %d failed (%s): %s",
-                    message.id,
-                    message.attempt,
-                    status,
-                    error.get("message"),
-                )
+                call = lambda: self.broker.fail(message.id, self.id, error, delay)  # noqa: E731
+            status = await until_stored(
+                self._forced, logs_first(self.broker.logs, [(message, task_log)], call)
+            )
+            log.info(
+                "task %s attempt %d failed (%s): %s",
+                message.id,
+                message.attempt,
+                status,
+                error.get("message"),
+            )
         finally:
             self._storing.discard(message.id)
             self._wake.set()
 
-    async def _complete(
-        self, message: TaskMessage, result: bytes, task_log: dict[str, Any] | None, n: int
-    ) -> None:
-        """Store a result and, in the same round trip, fetch ``n`` tasks (reserved slots,
-        released here) for the freed slot."""
+    def _succeeded(self, message: TaskMessage, result: bytes, task_log: Any) -> None:
+        """Queue a success for the next batch the flusher stores."""
+        self.stats.done += 1
+        self._storing.add(message.id)
+        self._done.append((message, result, task_log))
+        if not self._flushing:
+            self._flushing = True
+            self._background_run(self._flush())
+
+    async def _flush(self) -> None:
+        """Store the successes in batches, each with a fetch for the freed slots (reserved
+        meanwhile), until none are left."""
         s = self.settings
         try:
-            _, messages = await until_stored(
-                self._forced,
-                log_first(
-                    self.broker.logs,
-                    message,
-                    task_log,
-                    lambda: self.broker.complete_and_fetch(
-                        message.id, self.id, result, n, s.queues, s.lease_timeout
-                    ),
-                ),
-            )
+            while self._done:
+                if self._waiting and len(self._done) < _FLUSH_BATCH:
+                    # the children are fed from the prefetch: let the batch grow a little
+                    await asyncio.sleep(_FLUSH_LINGER_S)
+                batch, self._done = self._done, []
+                n = max(self._claimable(), 0)
+                self._reserved += n
+                done = [(m.id, result) for m, result, _ in batch]
+                call = functools.partial(
+                    self.broker.complete_many, self.id, done, n, s.queues, s.lease_timeout
+                )
+                attempts = [(m, task_log) for m, _, task_log in batch]
+                try:
+                    _, messages = await until_stored(
+                        self._forced, logs_first(self.broker.logs, attempts, call)
+                    )
+                finally:
+                    self._reserved -= n
+                    for m, _, _ in batch:
+                        self._storing.discard(m.id)
+                for fetched in messages:
+                    self._start(fetched)
         finally:
-            self._reserved -= n
-        for fetched in messages:
-            self._start(fetched)
+            self._flushing = False
+            self._wake.set()
 
     def _background_run(self, coro: Awaitable[None]) -> None:
         task = asyncio.ensure_future(coro)
@@ -361,7 +407,7 @@ class Worker:
         s = self.settings
         while True:
             ids = [r.message.id for _, r in self.pool.running()]
-            ids += [m.id for m, _, _ in self._waiting] + list(self._storing)
+            ids += [w.message.id for w in self._waiting] + list(self._storing)
             running = self.pool.running()
             pids = [c.pid for c in self.pool.children]
             stats = self.stats.snapshot(len(running), pids)
@@ -379,7 +425,7 @@ class Worker:
 
     def _abort(self, task_id: str) -> None:
         """Stop a task we no longer own (job cancelled or finished, lease reclaimed)."""
-        self._waiting = collections.deque(w for w in self._waiting if w[0].id != task_id)
+        self._waiting = collections.deque(w for w in self._waiting if w.message.id != task_id)
         found = self.pool.find(task_id)
         if found is None:
             return
@@ -406,10 +452,24 @@ class Worker:
                 child.tasks.clear()
                 child.kill()
                 task_log = None if running.is_async else child.captured()
-                self._background_run(self._report(m, None, error, task_log))
+                self._background_run(self._report(m, error, task_log))
                 if others:
                     self._background_run(self._release(others))
+            self._hand_back_held()
             await asyncio.sleep(_TIMER_S)
+
+    def _hand_back_held(self) -> None:
+        """Release waiting tasks held past ``_PREFETCH_HOLD_S`` that the free slots cannot
+        take (every slot is busy, most likely with long tasks): other workers may be idle."""
+        now = time.monotonic()
+        keep = self.pool.free_slots()
+        held = [w for w in list(self._waiting)[keep:] if now - w.since > _PREFETCH_HOLD_S]
+        if not held:
+            return
+        ids = {w.message.id for w in held}
+        self._waiting = collections.deque(w for w in self._waiting if w.message.id not in ids)
+        log.info("handing back %d prefetched task(s): every slot is busy", len(ids))
+        self._background_run(self._release(sorted(ids)))
 
     async def _release(self, task_ids: list[str]) -> None:
         with contextlib.suppress(BrokerError):
@@ -419,7 +479,7 @@ class Worker:
 
     async def _shutdown(self) -> None:
         """Hand back waiting tasks now, let running ones finish within the grace period."""
-        waiting = [m.id for m, _, _ in self._waiting]
+        waiting = [w.message.id for w in self._waiting]
         self._waiting.clear()
         await self._release(waiting)
         deadline = time.monotonic() + self.settings.shutdown_grace

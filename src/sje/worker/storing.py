@@ -33,29 +33,33 @@ async def until_stored(forced: asyncio.Event, call: Callable[[], Awaitable[T]]) 
             delay = min(delay * 2, 5.0)
 
 
-def log_first(
-    logs: LogStore, message: TaskMessage, task_log: Any, call: Callable[[], Awaitable[T]]
+def logs_first(
+    logs: LogStore,
+    attempts: list[tuple[TaskMessage, Any]],
+    call: Callable[[], Awaitable[T]],
 ) -> Callable[[], Awaitable[T]]:
-    """``call`` (storing an outcome) preceded by storing the attempt's log.
+    """``call`` (storing outcomes) preceded by storing each attempt's log, for the
+    (message, log) pairs of ``attempts``.
 
-    The outcome makes the job visible as finished, so the log goes first. Through an outage
-    both are retried together; a log that fails while its outcome lands is given up (with a
+    An outcome makes its job visible as finished, so the logs go first. Through an outage all
+    are retried together; a log that fails while its outcome lands is given up (with a
     warning) rather than holding the outcome back.
     """
-    if not isinstance(task_log, dict):
-        return call  # a silent attempt: no extra round trip
-    pending = [task_log]
+    pending = [(m, task_log) for m, task_log in attempts if isinstance(task_log, dict)]
+    if not pending:
+        return call  # silent attempts: no extra round trip
 
-    async def log_then_call() -> T:
-        problem = None
-        if pending:
+    async def logs_then_call() -> T:
+        problems = []
+        for item in list(pending):
+            message, task_log = item
             try:
-                await logs.store(message.job_id, message.index, message.attempt, pending[0])
-                pending.clear()
+                await logs.store(message.job_id, message.index, message.attempt, task_log)
+                pending.remove(item)
             except BrokerError as exc:
-                problem = exc
+                problems.append((message, exc))
         value = await call()
-        if problem is not None:
+        for message, problem in problems:
             log.warning(
                 "task %s attempt %d: its log was not stored: %s",
                 message.id,
@@ -64,4 +68,4 @@ def log_first(
             )
         return value
 
-    return log_then_call
+    return logs_then_call

@@ -1,10 +1,13 @@
--- ARGV: P, task_id, worker_id, result_json, lease_ms, n, queue...
--- One round trip for the common case: store a result, then fetch the slot's next task(s).
--- Returns {status, header_json, payload, ...}.
-local queues = {}
-for i = 7, #ARGV do queues[#queues + 1] = ARGV[i] end
-local status = complete_task(ARGV[2], ARGV[3], ARGV[4])
+-- ARGV: P, worker_id, lease_ms, n, k, task_id_1, result_1, ..., task_id_k, result_k, queue...
+-- One round trip for a batch: store k results, then fetch up to n tasks for the freed slots.
+-- Returns {status_1, ..., status_k, task_id, header_json, payload, ...}.
+local wid, k = ARGV[2], tonumber(ARGV[5])
 local out = {}
-if tonumber(ARGV[6]) > 0 then out = fetch_tasks(ARGV[3], tonumber(ARGV[5]), tonumber(ARGV[6]), queues) end
-table.insert(out, 1, status)
+for i = 0, k - 1 do out[#out + 1] = complete_task(ARGV[6 + 2 * i], wid, ARGV[7 + 2 * i]) end
+local n = tonumber(ARGV[4])
+if n > 0 then
+  local queues = {}
+  for i = 6 + 2 * k, #ARGV do queues[#queues + 1] = ARGV[i] end
+  for _, v in ipairs(fetch_tasks(wid, tonumber(ARGV[3]), n, queues)) do out[#out + 1] = v end
+end
 return out
