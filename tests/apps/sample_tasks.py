@@ -78,7 +78,13 @@ def hang(_: Any) -> None:
 
 
 @sje.task
-def die(_: Any) -> None:
+def die(item: Any) -> None:
+    """SIGKILLs its own process; given a dict, it first touches ``item['started']/die`` and
+    waits to be released (see ``_released``)."""
+    if isinstance(item, dict):
+        Path(item["started"]).mkdir(parents=True, exist_ok=True)
+        (Path(item["started"]) / "die").touch()
+        _released(item)
     os.kill(os.getpid(), signal.SIGKILL)
 
 

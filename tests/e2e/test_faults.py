@@ -129,20 +129,23 @@ def test_prefetched_tasks_stuck_behind_a_long_task_are_handed_back(
     master: str, worker: Callable[..., Proc], tmp_path: Path
 ) -> None:
     busy = worker("--concurrency", "1", "--name", "busy")
-    client = sje.Client(master)
-    # short tasks first: the worker learns they are short and starts to prefetch
-    warm = client.submit({"task": "tests.apps.sample_tasks.square", "inputs": list(range(300))})
-    assert warm.result(timeout=60) == [x * x for x in range(300)]
-    items = _waiters(tmp_path, 20)
-    for item in items[1:]:
-        del item["release"]  # only the first task waits (and is never released)
-    handle = client.submit({"task": WAIT, "inputs": items})
-    wait_until(lambda: _started(tmp_path) >= 1, 30, "the long task to start")
-    wait_until(lambda: busy.find("handing back"), 30, "the busy worker to hand back its prefetch")
-    worker("--concurrency", "1", "--name", "idle")
-    wait_until(lambda: handle.status()["tasks"]["succeeded"] == 19, 30, "the short tasks")
-    assert handle.status()["tasks"]["running"] == 1
-    handle.cancel()
+    with sje.Client(master) as client:
+        # short tasks first: the worker learns they are short and starts to prefetch
+        warm = client.submit({"task": "tests.apps.sample_tasks.square", "inputs": list(range(300))})
+        assert warm.result(timeout=60) == [x * x for x in range(300)]
+        items = _waiters(tmp_path, 20)
+        for item in items[1:]:
+            del item["release"]  # only the first task waits (and is never released)
+        handle = client.submit({"task": WAIT, "inputs": items})
+        wait_until(lambda: _started(tmp_path) >= 1, 30, "the long task to start")
+        wait_until(
+            lambda: busy.find("handing back"), 30, "the busy worker to hand back its prefetch"
+        )
+        worker("--concurrency", "1", "--name", "idle")
+        # 19: also the one queued in the busy worker's child behind the long task (recalled)
+        wait_until(lambda: handle.status()["tasks"]["succeeded"] == 19, 30, "the short tasks")
+        assert handle.status()["tasks"]["running"] == 1
+        handle.cancel()
 
 
 def test_master_killed_and_restarted_mid_job_still_completes(
@@ -280,6 +283,33 @@ def test_crashing_child_fails_only_its_task_and_is_replaced(
         timeout=60
     ) == [16]
     assert w.popen.poll() is None
+
+
+def test_a_task_queued_in_a_child_that_crashes_is_handed_back_not_failed(
+    master: str, worker: Callable[..., Proc], r: redis.Redis, prefix: str, tmp_path: Path
+) -> None:
+    worker("--concurrency", "1")
+    with sje.Client(master) as client:
+        # short tasks first: the worker learns they are short and queues one behind another
+        warm = client.submit({"task": "tests.apps.sample_tasks.square", "inputs": list(range(300))})
+        assert warm.result(timeout=60) == [x * x for x in range(300)]
+        gate = {"started": str(tmp_path / "started"), "release": str(tmp_path / "release")}
+        crash = client.submit(
+            {"task": "tests.apps.sample_tasks.die", "inputs": [gate], "retries": 0}
+        )
+        wait_until((tmp_path / "started" / "die").exists, 30, "the crashing task to start")
+        log = tmp_path / "record.log"
+        items = [{"value": i, "log": str(log)} for i in range(3)]
+        after = client.submit({"task": "tests.apps.sample_tasks.record", "inputs": items})
+        wait_until(lambda: r.zcard(f"{prefix}:q:default") == 0, 30, "the tasks to be fetched")
+        _release(tmp_path)
+        with pytest.raises(sje.JobFailed, match="ChildCrashed"):
+            crash.result(timeout=60)
+        assert after.result(timeout=60) == [0, 1, 2]
+        assert sorted(line.split()[0] for line in log.read_text().splitlines()) == ["0", "1", "2"]
+        kinds = [event_kind(e) for e in events_of(r, prefix, after.id)]
+        assert "task.queued:released" in kinds, "the task queued in the child was handed back"
+        assert not [k for k in kinds if k.startswith(("task.retrying", "task.failed"))], kinds
 
 
 def test_cancel_drops_queued_tasks_and_stops_running_ones(

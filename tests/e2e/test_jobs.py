@@ -36,6 +36,23 @@ def test_ten_thousand_inputs_across_two_workers_come_back_complete_and_in_order(
     assert set(done_by) == {"w1", "w2"}, done_by
 
 
+def test_burst_worker_drains_the_queue_then_exits_on_its_own(
+    master: str, worker: Callable[..., Proc]
+) -> None:
+    handle = sje.Client(master).submit(
+        {
+            "task": "tests.apps.sample_tasks.square",
+            "inputs": list(range(500)),
+            "allow-unknown-task": True,
+        }
+    )
+    burst = worker("--concurrency", "2", "--burst")
+    assert burst.wait(60) == 0, burst.output()
+    assert handle.status()["tasks"]["succeeded"] == 500
+    empty = worker("--concurrency", "1", "--burst")
+    assert empty.wait(30) == 0, "nothing to do: it exits at once"
+
+
 def test_reduce_receives_every_result_in_input_order(
     master: str, worker: Callable[..., Proc]
 ) -> None:

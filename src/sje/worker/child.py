@@ -14,6 +14,7 @@ import contextlib
 import ctypes
 import math
 import os
+import queue
 import resource
 import signal
 import sys
@@ -55,6 +56,16 @@ def frame(header: dict[str, Any], body: bytes = b"") -> bytes:
 def unframe(data: bytes) -> tuple[dict[str, Any], bytes]:
     head, _, body = data.partition(b"\n")
     return orjson.loads(head), body
+
+
+def _left_processes() -> bool:
+    """Whether the task just run left a process of its own behind, running or a zombie (one
+    zombie is reaped by asking): the worker then replaces this child, killing them all."""
+    try:
+        os.waitpid(-1, os.WNOHANG)  # (0, 0): one is running; else a zombie, reaped now
+    except ChildProcessError:
+        return False  # no child process at all
+    return True
 
 
 def _die_with_parent() -> None:
@@ -217,29 +228,66 @@ class ChildRunner:
         self._send_lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._running: dict[str, concurrent.futures.Future[None]] = {}
+        # run frames read and not started yet; ids recalled meanwhile are skipped
+        self._inbox: queue.SimpleQueue[tuple[dict[str, Any] | None, bytes]] = queue.SimpleQueue()
+        self._inbox_lock = threading.Lock()
+        self._pending: set[str] = set()
+        self._recalled: set[str] = set()
 
     def send(self, header: dict[str, Any], body: bytes = b"") -> None:
         with self._send_lock:
             self.conn.send_bytes(frame(header, body))
 
     def serve(self) -> None:
+        """Run what the reader thread queues, in order, until the worker's end closes."""
+        threading.Thread(target=self._read, name="sje-reader", daemon=True).start()
+        while True:
+            header, body = self._inbox.get()
+            if header is None:
+                return
+            with self._inbox_lock:
+                if header["id"] in self._recalled:
+                    self._recalled.discard(header["id"])
+                    continue
+                self._pending.discard(header["id"])
+            if self.cpu_seconds and not self._running:
+                arm_cpu_limit(self.cpu_seconds)
+            task = self.catalog[header["task"]]
+            if task.is_async:
+                coro = self.run_async(task, header, body)
+                fut = asyncio.run_coroutine_threadsafe(coro, self._event_loop())
+                self._running[header["id"]] = fut
+            else:
+                self.run_sync(task, header, body)
+
+    def _read(self) -> None:
+        """Frames from the worker, read while a task runs: ``run`` frames queue for the main
+        thread; ``cancel`` (an async task) and ``recall`` (a queued task not started yet,
+        answered with ``recalled``) take effect at once. ``(None, b"")`` ends the inbox."""
         while True:
             try:
+                header: dict[str, Any] | None
                 header, body = unframe(self.conn.recv_bytes())
             except (EOFError, OSError):
+                self._inbox.put((None, b""))
                 return
-            if header["type"] == "run":
-                if self.cpu_seconds and not self._running:
-                    arm_cpu_limit(self.cpu_seconds)
-                task = self.catalog[header["task"]]
-                if task.is_async:
-                    coro = self.run_async(task, header, body)
-                    fut = asyncio.run_coroutine_threadsafe(coro, self._event_loop())
-                    self._running[header["id"]] = fut
-                else:
-                    self.run_sync(task, header, body)
-            elif header["type"] == "cancel" and header["id"] in self._running:
-                self._running.pop(header["id"]).cancel()
+            kind = header["type"]
+            if kind == "run":
+                with self._inbox_lock:
+                    self._pending.add(header["id"])
+                self._inbox.put((header, body))
+            elif kind == "cancel":
+                future = self._running.pop(header["id"], None)
+                if future is not None:
+                    future.cancel()
+            elif kind == "recall":
+                with self._inbox_lock:
+                    found = header["id"] in self._pending
+                    if found:
+                        self._pending.discard(header["id"])
+                        self._recalled.add(header["id"])
+                with contextlib.suppress(OSError):
+                    self.send({"type": "recalled", "id": header["id"], "ok": found})
 
     def _event_loop(self) -> asyncio.AbstractEventLoop:
         if self._loop is None:
@@ -256,13 +304,15 @@ class ChildRunner:
 
     def run_sync(self, task: Task[Any], header: dict[str, Any], body: bytes) -> None:
         if self.capture is None:
-            self._done(header, self._call_sync(task, header, body), None)
-            return
-        self.capture.start()
-        try:
-            outcome = self._call_sync(task, header, body)
-        finally:
-            log = self.capture.stop()
+            outcome, log = self._call_sync(task, header, body), None
+        else:
+            self.capture.start()
+            try:
+                outcome = self._call_sync(task, header, body)
+            finally:
+                log = self.capture.stop()
+        if _left_processes():
+            outcome = ({**outcome[0], "leftovers": True}, outcome[1])
         self._done(header, outcome, log)
 
     def _call_sync(self, task: Task[Any], header: dict[str, Any], body: bytes) -> Outcome:

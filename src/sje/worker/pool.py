@@ -47,6 +47,8 @@ _ASYNC_KILL_GRACE_S = 5.0
 _SWEEP_S = 0.1
 _WATCHDOG_EVERY = 5  # sweeps between two counts of each busy child's processes
 
+_QUEUED_BODY_MAX = 64 * 1024  # a larger task waits for an idle child: a send never blocks
+
 #: called with (child, header, body) for every frame a child sends, and with
 #: (child, None, b"") once when a child's pipe closes (it exited or was killed)
 FrameHandler = Callable[["Child", "dict[str, Any] | None", bytes], None]
@@ -58,6 +60,9 @@ class Running:
     is_async: bool
     deadline: float | None  # monotonic seconds
     started: float = field(default_factory=time.monotonic)
+    queued: bool = False  # sent to a busy plain child: it starts when the one before ends
+    aborted: bool = False  # no longer ours while queued: its outcome is ignored
+    recalling: bool = False  # asked back from its child (see Pool.recall)
 
 
 @dataclass(eq=False)
@@ -323,9 +328,23 @@ class Pool:
                 free += self.async_capacity - len(child.tasks)
         return free
 
-    def place(self, message: TaskMessage, is_async: bool, body: bytes) -> bool:
-        """Send the task to a suitable child; False when none can take it now."""
+    def place(self, message: TaskMessage, is_async: bool, body: bytes, depth: int = 1) -> bool:
+        """Send the task to a suitable child; False when none can take it now.
+
+        With ``depth`` > 1 a plain task may also queue behind up to ``depth - 1`` others in a
+        busy plain child, which starts it as soon as the one before ends (no round trip to the
+        worker in between); its deadline starts then.
+        """
         child = self._pick(is_async)
+        if child is None and not is_async and depth > 1 and len(body) <= _QUEUED_BODY_MAX:
+            child = self._pick_queue(depth)
+            if child is not None:
+                child.dispatched += 1
+                if self.max_tasks_per_child and child.dispatched >= self.max_tasks_per_child:
+                    child.draining = True
+                child.tasks[message.id] = Running(message, False, None, queued=True)
+                child.send(_run_header(message), body)
+                return True
         if child is None:
             if not is_async:
                 self._drain_one_async_child()
@@ -336,15 +355,16 @@ class Pool:
             child.draining = True
         deadline = time.monotonic() + message.timeout if message.timeout else None
         child.tasks[message.id] = Running(message, is_async, deadline)
-        header = {
-            "type": "run",
-            "id": message.id,
-            "task": message.task,
-            "kind": message.kind,
-            "timeout": message.timeout,
-        }
-        child.send(header, body)
+        child.send(_run_header(message), body)
         return True
+
+    def _pick_queue(self, depth: int) -> Child | None:
+        busy = [
+            c
+            for c in self.children
+            if not (c.is_closed or c.draining or c.is_async) and 0 < len(c.tasks) < depth
+        ]
+        return min(busy, key=lambda c: len(c.tasks)) if busy else None
 
     def _pick(self, is_async: bool) -> Child | None:
         live = [c for c in self.children if not c.is_closed and not c.draining]
@@ -363,25 +383,47 @@ class Pool:
         if candidates:
             min(candidates, key=lambda c: len(c.tasks)).draining = True
 
-    def finish(self, child: Child, task_id: str) -> Running | None:
+    def finish(self, child: Child, task_id: str, leftovers: bool = False) -> Running | None:
         """Forget a finished task; a drained child becomes idle again (or retires).
 
-        A child left idle with processes of its own (a task's leftovers, running or zombie)
+        A child with processes of its own after a task (a task's leftovers, running or zombie)
         retires: replacing it kills them all and takes their pids out of the next task's count.
+        A plain task's child reports them with its outcome (``leftovers``); an async child is
+        looked at from here once it is idle.
         """
         running = child.tasks.pop(task_id, None)
+        if child.tasks and not child.is_async:
+            first = next(iter(child.tasks.values()))
+            if first.queued:  # the child has started it
+                first.queued, first.started = False, time.monotonic()
+                timeout = first.message.timeout
+                first.deadline = first.started + timeout if timeout else None
         if (
             not child.tasks
             and child.draining
             and not (self.max_tasks_per_child and child.dispatched >= self.max_tasks_per_child)
         ):
             child.draining = False
-        if (
-            not child.tasks
+        if leftovers or (
+            child.is_async
+            and not child.tasks
             and not child.is_closed
-            and proctree.has_children(child.pid, child.is_async)
+            and proctree.has_children(child.pid)
         ):
             child.has_leftovers = child.draining = True
+        return running
+
+    def recall(self, child: Child, running: Running) -> None:
+        """Ask ``child`` to give back a queued task it has not started: it answers with a
+        ``recalled`` frame (``ok`` false when the task had started meanwhile)."""
+        running.recalling = True
+        child.send({"type": "recall", "id": running.message.id})
+
+    def recalled(self, child: Child, task_id: str) -> Running | None:
+        """Forget a task its child gave back unstarted."""
+        running = child.tasks.pop(task_id, None)
+        if running is not None:
+            child.dispatched -= 1
         return running
 
     def needs_retirement(self, child: Child) -> bool:
@@ -407,3 +449,13 @@ class Pool:
             kill = not running.is_async or now >= running.deadline + _ASYNC_KILL_GRACE_S
             out.append((child, running, kill))
         return out
+
+
+def _run_header(message: TaskMessage) -> dict[str, Any]:
+    return {
+        "type": "run",
+        "id": message.id,
+        "task": message.task,
+        "kind": message.kind,
+        "timeout": message.timeout,
+    }

@@ -29,14 +29,11 @@ def direct_children() -> list[int]:
     return pids
 
 
-def has_children(pid: int, every_thread: bool) -> bool:
-    """Whether ``pid`` has child processes (zombies too); False where /proc cannot tell.
-
-    Called after every task, so for a child that ran only plain tasks (on its main thread) it
-    reads just that thread's list (~2 us); ``every_thread`` also looks at the others (~30 us).
-    """
+def has_children(pid: int) -> bool:
+    """Whether ``pid`` (any of its threads) has child processes, zombies too; False where
+    /proc cannot tell."""
     try:
-        for tid in os.listdir(f"/proc/{pid}/task") if every_thread else [str(pid)]:
+        for tid in os.listdir(f"/proc/{pid}/task"):
             fd = os.open(f"/proc/{pid}/task/{tid}/children", os.O_RDONLY)
             try:
                 if os.read(fd, 64).strip():

@@ -45,6 +45,8 @@ T = TypeVar("T")
 
 _TIMER_S = 0.1
 _IDLE_BLOCK_S = 1.0
+_QUEUE_IN_CHILD_S = 0.005  # tasks shorter than this on average queue one deep in children
+_TIMERS_END_S = 5.0  # a heartbeat in flight at the stop may take this long to land
 _PREFETCH_WINDOW_S = 0.02  # run time a slot's prefetched tasks add up to, at most
 _PREFETCH_HOLD_S = 1.0  # a prefetched task waiting longer than this is handed back
 _RUN_TIME_WEIGHT = 0.1  # of the newest task in the moving average of run times
@@ -94,6 +96,7 @@ class Worker:
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._forced = asyncio.Event()
+        self._ended = asyncio.Event()  # the timers stop (a cancel alone can be swallowed)
         self.stats = WorkerStats(settings.concurrency)
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -145,9 +148,10 @@ class Worker:
             timers = [asyncio.create_task(self._heartbeat()), asyncio.create_task(self._timeouts())]
             await self._fetch_loop()
             await self._shutdown()
-            for timer in timers:
+            self._ended.set()
+            _, stuck = await asyncio.wait(timers, timeout=_TIMERS_END_S)
+            for timer in stuck:
                 timer.cancel()
-            await asyncio.gather(*timers, return_exceptions=True)
             with contextlib.suppress(BrokerError):
                 await self.broker.deregister_worker(self.id)
         finally:
@@ -253,7 +257,7 @@ class Worker:
             self._dispatch(message, task.is_async, body)
 
     def _dispatch(self, message: TaskMessage, is_async: bool, body: bytes) -> None:
-        if not self.pool.place(message, is_async, body):
+        if not self.pool.place(message, is_async, body, self._depth()):
             self._waiting.append(Waiting(message, is_async, body, time.monotonic()))
 
     async def _start_reduce(self, message: TaskMessage, task: Task[Any]) -> None:
@@ -273,11 +277,19 @@ class Worker:
         self._dispatch(message, task.is_async, body)
 
     def _dispatch_waiting(self) -> None:
+        depth = self._depth()
         while self._waiting:
             first = self._waiting[0]
-            if not self.pool.place(first.message, first.is_async, first.body):
+            if not self.pool.place(first.message, first.is_async, first.body, depth):
                 return
             self._waiting.popleft()
+
+    def _depth(self) -> int:
+        """Plain tasks a child holds at once: 2 (one queued behind the running one) while tasks
+        are very short and prefetch is on, so the child never waits for this process."""
+        run_time = self._run_time
+        short = self.settings.prefetch and run_time is not None and run_time < _QUEUE_IN_CHILD_S
+        return 2 if short else 1
 
     # -- outcomes --------------------------------------------------------------------------
 
@@ -285,19 +297,25 @@ class Worker:
         if header is None:
             self._child_died(child)
             return
+        if header.get("type") == "recalled":
+            if header["ok"] and self.pool.recalled(child, header["id"]) is not None:
+                self._background_run(self._release([header["id"]]))
+            return
         if header.get("type") != "done":
             return
-        running = self.pool.finish(child, header["id"])
+        running = self.pool.finish(child, header["id"], bool(header.get("leftovers")))
         if running is None:
-            return  # aborted meanwhile (lost lease or cancelled job)
+            return  # aborted meanwhile (lost lease or cancelled job): its child was killed
+        if self.pool.needs_retirement(child):
+            self._background_run(self.pool.replace(child))
+        self._dispatch_waiting()
+        if running.aborted:
+            return  # it was queued in the child when it stopped being ours
         run_time = time.monotonic() - running.started
         average = self._run_time
         self._run_time = (
             run_time if average is None else average + _RUN_TIME_WEIGHT * (run_time - average)
         )
-        if self.pool.needs_retirement(child):
-            self._background_run(self.pool.replace(child))
-        self._dispatch_waiting()
         if header["ok"]:
             self._succeeded(running.message, body, header.get("log"))
         else:
@@ -309,7 +327,10 @@ class Worker:
         code = child.process.returncode
         how = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
         hint = death_hint(code)
-        for running in list(child.tasks.values()):
+        queued = [r.message.id for r in child.tasks.values() if r.queued]
+        if queued:
+            self._background_run(self._release(queued))
+        for running in [r for r in child.tasks.values() if not r.queued]:
             error = {
                 "type": "ChildCrashed",
                 "message": f"the child process running this task died ({how}); {hint}",
@@ -403,9 +424,14 @@ class Worker:
 
     # -- timers ----------------------------------------------------------------------------
 
+    async def _every(self, seconds: float) -> None:
+        """Wait ``seconds``, or less once the timers are to end."""
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._ended.wait(), seconds)
+
     async def _heartbeat(self) -> None:
         s = self.settings
-        while True:
+        while not self._ended.is_set():
             ids = [r.message.id for _, r in self.pool.running()]
             ids += [w.message.id for w in self._waiting] + list(self._storing)
             running = self.pool.running()
@@ -421,7 +447,7 @@ class Worker:
             for task_id in lost:
                 if task_id not in self._storing:
                     self._abort(task_id)
-            await asyncio.sleep(s.heartbeat_interval)
+            await self._every(s.heartbeat_interval)
 
     def _abort(self, task_id: str) -> None:
         """Stop a task we no longer own (job cancelled or finished, lease reclaimed)."""
@@ -430,15 +456,22 @@ class Worker:
         if found is None:
             return
         child, running = found
+        if running.queued:  # the child will run it: its outcome is ignored then
+            running.aborted = True
+            return
         self.pool.finish(child, task_id)
         log.info("stopping task %s: its job ended or its lease was lost", task_id)
         if running.is_async:
             child.send({"type": "cancel", "id": task_id})
         else:
+            others = [r.message.id for r in child.tasks.values()]
+            child.tasks.clear()
             child.kill()
+            if others:
+                self._background_run(self._release(others))
 
     async def _timeouts(self) -> None:
-        while True:
+        while not self._ended.is_set():
             for child, running, kill in self.pool.overdue(time.monotonic()):
                 if not kill:
                     continue
@@ -456,12 +489,17 @@ class Worker:
                 if others:
                     self._background_run(self._release(others))
             self._hand_back_held()
-            await asyncio.sleep(_TIMER_S)
+            await self._every(_TIMER_S)
 
     def _hand_back_held(self) -> None:
         """Release waiting tasks held past ``_PREFETCH_HOLD_S`` that the free slots cannot
-        take (every slot is busy, most likely with long tasks): other workers may be idle."""
+        take (every slot is busy, most likely with long tasks): other workers may be idle.
+        Tasks queued in a child that long are recalled from it, then released."""
         now = time.monotonic()
+        for child, running in self.pool.running():
+            overdue = now - running.started > _PREFETCH_HOLD_S
+            if overdue and running.queued and not running.recalling:
+                self.pool.recall(child, running)
         keep = self.pool.free_slots()
         held = [w for w in list(self._waiting)[keep:] if now - w.since > _PREFETCH_HOLD_S]
         if not held:
