@@ -456,8 +456,10 @@ class Worker:
         if found is None:
             return
         child, running = found
-        if running.queued:  # the child will run it: its outcome is ignored then
+        if running.queued:  # recalled; if the child started it meanwhile, its outcome is ignored
             running.aborted = True
+            if not running.recalling:
+                self.pool.recall(child, running)
             return
         self.pool.finish(child, task_id)
         log.info("stopping task %s: its job ended or its lease was lost", task_id)
