@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 
@@ -16,6 +19,16 @@ from tests.support import (
     start_master,
     start_worker,
 )
+
+
+@pytest.fixture(scope="session", autouse=True)
+def state_dir() -> Iterator[str]:
+    """One state dir (local tokens, the default SQLite file) for this test session, in this
+    process and in every sje process it starts: tests never touch the user's own."""
+    folder = tempfile.mkdtemp(prefix="sje-tests-state-")
+    os.environ["SJE_STATE_DIR"] = folder
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -150,6 +150,8 @@ def drop_amqp_queues(url: str, prefix: str, queues: list[str]) -> None:
 
 def sje_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SJE_")}
+    if "SJE_STATE_DIR" in os.environ:  # the test session's own (see conftest.state_dir)
+        env["SJE_STATE_DIR"] = os.environ["SJE_STATE_DIR"]
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     env["PYTHONUNBUFFERED"] = "1"
     env.update(extra)

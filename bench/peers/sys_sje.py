@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import secrets
+from pathlib import Path
 from typing import Any, ClassVar
 
 import psutil
@@ -67,6 +68,8 @@ class Adapter(AdapterBase):
             SJE_LEASE_TIMEOUT=LEASE_TIMEOUT,
             SJE_TASK_ENV="BENCH_REDIS_URL",
             SJE_ASYNC_CONCURRENCY=str(ASYNC_CONCURRENCY),
+            # the master's local token record stays with the run's logs, not in the user's
+            SJE_STATE_DIR=str(Path(self.h.plan.log_dir) / "sje-state"),
         )
         args = ["-m", "sje", "master", "--port", "0", "--bind-address", "127.0.0.1"]
         master = self.h.start("sje-master", args, self.sje_env, persistent=True)
