@@ -335,16 +335,10 @@ class Pool:
         busy plain child, which starts it as soon as the one before ends (no round trip to the
         worker in between); its deadline starts then.
         """
-        child = self._pick(is_async)
+        child, queued = self._pick(is_async), False
         if child is None and not is_async and depth > 1 and len(body) <= _QUEUED_BODY_MAX:
             child = self._pick_queue(depth)
-            if child is not None:
-                child.dispatched += 1
-                if self.max_tasks_per_child and child.dispatched >= self.max_tasks_per_child:
-                    child.draining = True
-                child.tasks[message.id] = Running(message, False, None, queued=True)
-                child.send(_run_header(message), body)
-                return True
+            queued = child is not None
         if child is None:
             if not is_async:
                 self._drain_one_async_child()
@@ -353,8 +347,9 @@ class Pool:
         child.dispatched += 1
         if self.max_tasks_per_child and child.dispatched >= self.max_tasks_per_child:
             child.draining = True
-        deadline = time.monotonic() + message.timeout if message.timeout else None
-        child.tasks[message.id] = Running(message, is_async, deadline)
+        now = time.monotonic()
+        deadline = None if queued else _deadline(message, now)
+        child.tasks[message.id] = Running(message, is_async, deadline, now, queued=queued)
         child.send(_run_header(message), body)
         return True
 
@@ -396,8 +391,7 @@ class Pool:
             first = next(iter(child.tasks.values()))
             if first.queued:  # the child has started it
                 first.queued, first.started = False, time.monotonic()
-                timeout = first.message.timeout
-                first.deadline = first.started + timeout if timeout else None
+                first.deadline = _deadline(first.message, first.started)
         if (
             not child.tasks
             and child.draining
@@ -459,3 +453,7 @@ def _run_header(message: TaskMessage) -> dict[str, Any]:
         "kind": message.kind,
         "timeout": message.timeout,
     }
+
+
+def _deadline(message: TaskMessage, start: float) -> float | None:
+    return start + message.timeout if message.timeout else None

@@ -466,11 +466,7 @@ class Worker:
         if running.is_async:
             child.send({"type": "cancel", "id": task_id})
         else:
-            others = [r.message.id for r in child.tasks.values()]
-            child.tasks.clear()
-            child.kill()
-            if others:
-                self._background_run(self._release(others))
+            self._kill_handing_back(child)
 
     async def _timeouts(self) -> None:
         while not self._ended.is_set():
@@ -483,15 +479,20 @@ class Worker:
                     "message": f"task timed out after {m.timeout}s and was killed",
                 }
                 self.pool.finish(child, m.id)
-                others = [r.message.id for r in child.tasks.values()]
-                child.tasks.clear()
-                child.kill()
+                self._kill_handing_back(child)
                 task_log = None if running.is_async else child.captured()
                 self._background_run(self._report(m, error, task_log))
-                if others:
-                    self._background_run(self._release(others))
             self._hand_back_held()
             await self._every(_TIMER_S)
+
+    def _kill_handing_back(self, child: Child) -> None:
+        """Kill ``child`` for the task it was running (already finished in the pool); the
+        others it held (queued, or async ones) go back to their queues, no attempt counted."""
+        others = [r.message.id for r in child.tasks.values()]
+        child.tasks.clear()
+        child.kill()
+        if others:
+            self._background_run(self._release(others))
 
     def _hand_back_held(self) -> None:
         """Release waiting tasks held past ``_PREFETCH_HOLD_S`` that the free slots cannot
