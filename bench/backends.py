@@ -142,7 +142,7 @@ def measure(name: str, sizes: Sizes, logs: Path) -> dict[str, Any]:
 def round_trips(client: Any, sizes: Sizes) -> dict[str, float]:
     def one(i: int) -> float:
         t = time.perf_counter()
-        if client.submit({"task": TASK, "args": [i]}).result(timeout=60) != i:
+        if client.submit({"task": TASK, "args": [i]}, wait=30).result(timeout=60) != i:
             raise BenchError(f"round trip {i} returned a wrong value")
         return (time.perf_counter() - t) * 1000
 

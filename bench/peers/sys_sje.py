@@ -90,7 +90,8 @@ class Adapter(AdapterBase):
             "enqueue": "one-by-one: `Client.submit` of a single-task job per task (an HTTP "
             "call each); batch: one job of N inputs",
             "results": "always stored (every task, every scenario); round trip: "
-            "`submit({'args': [i]}).result()` (HTTP + server-sent events)",
+            "`submit({'args': [i]}, wait=30).result()` (one HTTP request: the reply carries "
+            "the value)",
             "recovery": f"lease-timeout {LEASE_TIMEOUT} (default 30 s); the killed worker "
             "process (SIGKILL; its child dies with it) stays dead",
         }
@@ -129,7 +130,8 @@ class Adapter(AdapterBase):
         self._job(kind, inputs=args)
 
     def round_trip(self, i: int) -> Any:
-        return self.client.submit({"task": TASKS["noop"].name, "args": [i]}).result(timeout=30)
+        job = {"task": TASKS["noop"].name, "args": [i]}
+        return self.client.submit(job, wait=30).result(timeout=30)
 
     def purge(self) -> None:
         """Cancel the jobs that may still be queued (SJE's state shares this Redis)."""

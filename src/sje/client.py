@@ -18,7 +18,7 @@ import orjson
 from sje.config import ClientSettings, load_settings
 from sje.errors import JobFailed, JobTimeout, MasterError, error_from_code
 from sje.events import JOB_PROGRESS
-from sje.models import JobState, parse_job
+from sje.models import MAX_SUBMIT_WAIT_S, JobState, parse_job
 from sje.tasks import Task
 
 if TYPE_CHECKING:
@@ -37,6 +37,19 @@ def job_payload(job_def: Mapping[str, Any]) -> dict[str, Any]:
             data[key] = data[key].name
     spec = parse_job(data)
     return spec.model_dump(exclude_none=True, exclude_defaults=True) | {"task": spec.task}
+
+
+def submit_wait(wait: float | None) -> dict[str, Any]:
+    """Request options (query, HTTP timeout) of a submit that waits ``wait`` s for its job."""
+    if not wait:
+        return {}
+    if not 0 < wait <= MAX_SUBMIT_WAIT_S:
+        raise ValueError(
+            f"submit(wait={wait!r}): expected seconds from 0 to {MAX_SUBMIT_WAIT_S:g}; for a "
+            "longer wait, call result(timeout=...) on the handle."
+        )
+    read = (HTTP_TIMEOUT.read or 0.0) + wait
+    return {"params": {"wait": f"{wait:g}"}, "timeout": httpx.Timeout(read, connect=5.0)}
 
 
 def raise_for(response: httpx.Response, url: str) -> None:
@@ -143,11 +156,13 @@ class Client:
         raise_for(response, self.url)
         return response.json()
 
-    def submit(self, job_def: Mapping[str, Any]) -> JobHandle:
+    def submit(self, job_def: Mapping[str, Any], wait: float | None = None) -> JobHandle:
+        """Submit a job. With ``wait`` (seconds, at most 60) the same request waits for the
+        job to end: a job done within it needs no further request for ``result()``."""
         body = orjson.dumps(job_payload(job_def))
         headers = {"Content-Type": "application/json"}
-        reply = self.request("POST", "/jobs", content=body, headers=headers)
-        return JobHandle(self, reply["id"])
+        reply = self.request("POST", "/jobs", content=body, headers=headers, **submit_wait(wait))
+        return JobHandle(self, reply["id"], reply.get("job"))
 
     def job(self, job_id: str) -> JobHandle:
         return JobHandle(self, job_id)
@@ -256,9 +271,10 @@ class Client:
 class JobHandle:
     """A submitted job: ``status()``, ``wait()``, ``result()``, ``cancel()`` and observers."""
 
-    def __init__(self, client: Client, job_id: str) -> None:
+    def __init__(self, client: Client, job_id: str, final: Event | None = None) -> None:
         self.client = client
         self.id = job_id
+        self._final = final  # the ended job's record, when its submit waited for it
         self._observer: threading.Thread | None = None
         self._on_event: list[Callable[[Event], None]] = []
         self._on_complete: list[Callable[[dict[str, Any]], None]] = []
@@ -272,6 +288,8 @@ class JobHandle:
 
     def wait(self, timeout: float | None = None) -> dict[str, Any]:
         """Block until the job ends (pushed, no polling); returns its final status record."""
+        if self._final is not None:
+            return status_record(self._final)
         final: Event = {}
         for event in self.client.events(self.id, timeout, job_level=True):
             final = event

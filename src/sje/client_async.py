@@ -19,6 +19,7 @@ from sje.client import (
     job_payload,
     raise_for,
     status_record,
+    submit_wait,
     unreachable,
 )
 from sje.config import ClientSettings, load_settings
@@ -42,12 +43,14 @@ class AsyncClient:
         raise_for(response, self.url)
         return response.json()
 
-    async def submit(self, job_def: Mapping[str, Any]) -> AsyncJobHandle:
+    async def submit(self, job_def: Mapping[str, Any], wait: float | None = None) -> AsyncJobHandle:
+        """As ``Client.submit``: with ``wait``, the request waits up to that long for the end."""
         body = orjson.dumps(job_payload(job_def))
+        headers = {"Content-Type": "application/json"}
         reply = await self.request(
-            "POST", "/jobs", content=body, headers={"Content-Type": "application/json"}
+            "POST", "/jobs", content=body, headers=headers, **submit_wait(wait)
         )
-        return AsyncJobHandle(self, reply["id"])
+        return AsyncJobHandle(self, reply["id"], reply.get("job"))
 
     def job(self, job_id: str) -> AsyncJobHandle:
         return AsyncJobHandle(self, job_id)
@@ -82,14 +85,18 @@ class AsyncClient:
 class AsyncJobHandle:
     """The asyncio variant of ``JobHandle``."""
 
-    def __init__(self, client: AsyncClient, job_id: str) -> None:
+    def __init__(self, client: AsyncClient, job_id: str, final: Event | None = None) -> None:
         self.client = client
         self.id = job_id
+        self._final = final  # the ended job's record, when its submit waited for it
 
     async def status(self) -> dict[str, Any]:
         return dict(await self.client.request("GET", f"/jobs/{self.id}"))
 
     async def wait(self, timeout: float | None = None) -> dict[str, Any]:
+        if self._final is not None:
+            return status_record(self._final)
+
         async def drain() -> Event:
             final: Event = {}
             async for event in self.client.events(self.id, job_level=True):

@@ -25,6 +25,8 @@ from sje.errors import InvalidJob
 MAX_PRIORITY = 9
 #: the longest duration a job may ask for (timeouts, backoff, result-ttl): 10 years
 MAX_DURATION_S = 10 * 365 * 86400
+#: the longest a submit may wait for its job to end in the same request (``POST /jobs?wait=``)
+MAX_SUBMIT_WAIT_S = 60.0
 
 
 class JobState(str, enum.Enum):

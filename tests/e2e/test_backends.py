@@ -83,6 +83,19 @@ def test_a_job_with_a_reduce_step_runs_end_to_end(
     assert handle.status()["state"] == "succeeded"
 
 
+def test_a_submit_that_waits_gets_the_outcome_in_its_reply(
+    backend_env: dict[str, str], procs: list[Proc]
+) -> None:
+    master, url = start_master(backend_env)
+    procs.append(master)
+    procs.append(start_worker(backend_env, "--concurrency", "1"))
+    job = {"task": "tests.apps.sample_tasks.add", "args": [4, 5]}
+    with api_client(backend_env, url) as client:
+        for _ in range(3):  # the master's event reader stops and starts between requests
+            reply = client.request("POST", "/jobs", params={"wait": "30"}, json=job)
+            assert reply["job"]["state"] == "succeeded" and reply["job"]["result"] == 9
+
+
 def test_sigkilled_worker_mid_job_loses_nothing_and_the_job_completes(
     backend_env: dict[str, str], procs: list[Proc], tmp_path: Path
 ) -> None:

@@ -63,6 +63,9 @@ _SCRIPTS = (
 _USES_TASKS = ("fetch", "complete", "complete_fetch", "start")
 _WORKER_FORGET_S = 3600.0
 EVENTS_PAGE = 1000
+#: a job of at most this many tasks goes to Redis in one call (its inputs with the submit
+#: script); a larger one is written 1,000 inputs per command first
+_INLINE_INPUTS = 1000
 GLOBAL_EVENTS_MAXLEN = 100_000
 #: a Redis that does not answer within this many seconds is treated as unreachable
 SOCKET_TIMEOUT_S = 30.0
@@ -294,18 +297,19 @@ class RedisBroker:
         inputs_key = self.key("job", job.id, "in")
         fields = [item for pair in job.fields.items() for item in pair]
         timeout_ms = int((job.job_timeout_s or 0) * 1000)
-        chunks = [
-            dict(enumerate(job.payloads[start : start + 1000], start))
-            for start in range(0, len(job.payloads), 1000)
-        ]
-        with self.guard():
+        inline = job.payloads if len(job.payloads) <= _INLINE_INPUTS else []
+        if not inline:
             # the inputs key is born with a TTL (MULTI: both or neither), and HSET keeps it: a
             # master that dies before the script below leaves nothing permanent behind
-            first = self.client.pipeline(transaction=True)
-            first.hset(inputs_key, mapping=chunks[0])
-            first.expire(inputs_key, 3600)
-            await first.execute()
-            if len(chunks) > 1:
+            chunks = [
+                dict(enumerate(job.payloads[start : start + _INLINE_INPUTS], start))
+                for start in range(0, len(job.payloads), _INLINE_INPUTS)
+            ]
+            with self.guard():
+                first = self.client.pipeline(transaction=True)
+                first.hset(inputs_key, mapping=chunks[0])
+                first.expire(inputs_key, 3600)
+                await first.execute()
                 rest = self.client.pipeline(transaction=False)
                 for chunk in chunks[1:]:
                     rest.hset(inputs_key, mapping=chunk)
@@ -321,10 +325,12 @@ class RedisBroker:
             job.idempotency_hash,
             timeout_ms,
             int(SUBMIT_HOLD_S * 1000),
+            len(inline),
+            *inline,
             *fields,
         )
         status, value = status.decode(), value.decode()
-        if status != "ok":
+        if status != "ok" and not inline:
             with self.guard():
                 await self.client.delete(inputs_key)
         if status == "full":

@@ -7,6 +7,8 @@ a full queue answers 429 with ``Retry-After``. When a token is configured every 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hmac
 import logging
 import time
@@ -19,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from sje.broker.base import Broker
+from sje.broker.base import Broker, NewJob, SubmitOutcome
 from sje.broker.redis import EVENTS_PAGE
 from sje.config import MasterSettings
 from sje.errors import (
@@ -40,13 +42,15 @@ from sje.master.http import (
     json_response,
     query_choice,
     query_int,
+    query_seconds,
     read_body,
     resume_after,
 )
 from sje.master.openapi import monitor_openapi_json, openapi_json
 from sje.master.planner import check_tasks, plan
 from sje.master.views import is_terminal, job_view, progress_view, sse
-from sje.models import parse_job
+from sje.master.waiters import JobEnds
+from sje.models import MAX_SUBMIT_WAIT_S, parse_job
 from sje.results import flatten, task_range
 from sje.tasks import TaskDefaults
 
@@ -113,6 +117,7 @@ class Api:
         self.auth = auth
         self._catalog: dict[str, TaskDefaults] = {}
         self._catalog_at = 0.0
+        self.ends = JobEnds(broker.views)
 
     def guarded(self, handler: Handler, *, public: bool = False) -> Handler:
         auth = self.auth
@@ -151,6 +156,7 @@ class Api:
 
     async def submit(self, request: Request) -> Response:
         assert self.settings is not None and self.key is not None, "submit is a master's route"
+        wait = query_seconds(request, "wait", MAX_SUBMIT_WAIT_S)
         body = await read_body(request, self.settings.max_request_mb)
         try:
             data = orjson.loads(body)
@@ -163,6 +169,19 @@ class Api:
             catalog = await self.catalog()
         check_tasks(spec, catalog)
         new = plan(spec, catalog, self.settings, self.key)
+        if not wait:
+            outcome = await self._store(new, spec.idempotency_key)
+            return self._accepted(outcome, len(new.payloads))
+        async with self.ends.watching(new.id) as ended:
+            outcome = await self._store(new, spec.idempotency_key)
+            if outcome.job_id == new.id:
+                final = await self._final_after(new.id, ended, wait, checked=False)
+                return self._accepted(outcome, len(new.payloads), final)
+        async with self.ends.watching(outcome.job_id) as ended:  # an earlier job (duplicate)
+            final = await self._final_after(outcome.job_id, ended, wait, checked=True)
+        return self._accepted(outcome, len(new.payloads), final)
+
+    async def _store(self, new: NewJob, idempotency_key: str | None) -> SubmitOutcome:
         outcome = await self.broker.submit(new)
         if outcome.status == "full":
             raise QueueFull(
@@ -172,13 +191,41 @@ class Api:
             )
         if outcome.status == "conflict":
             raise IdempotencyConflict(
-                f"Idempotency key '{spec.idempotency_key}' already belongs to job "
+                f"Idempotency key '{idempotency_key}' already belongs to job "
                 f"{outcome.job_id} with a different definition; use a new key."
             )
-        duplicate = outcome.status == "duplicate"
         log.debug("job %s %s (%d tasks)", outcome.job_id, outcome.status, len(new.payloads))
-        body_out = {"id": outcome.job_id, "duplicate": duplicate, "tasks": len(new.payloads)}
-        return json_response(body_out, 200 if duplicate else 201)
+        return outcome
+
+    @staticmethod
+    def _accepted(
+        outcome: SubmitOutcome, tasks: int, final: dict[str, Any] | None = None
+    ) -> Response:
+        duplicate = outcome.status == "duplicate"
+        body: dict[str, Any] = {"id": outcome.job_id, "duplicate": duplicate, "tasks": tasks}
+        if final is not None:
+            body["job"] = final
+        return json_response(body, 200 if duplicate else 201)
+
+    async def _final_after(
+        self, job_id: str, ended: asyncio.Future[None], wait: float, checked: bool
+    ) -> dict[str, Any] | None:
+        """The final record of a stored job that ends within ``wait`` s, else None; with
+        ``checked`` its state is read first (it may have ended before ``ended`` was set up).
+        Never raises: the job is stored, so the reply must say so (the client then follows
+        its events)."""
+        try:
+            raw = await self.broker.job(job_id) if checked else None
+            if raw is None or not is_terminal(raw):
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(ended), wait)
+                raw = await self.broker.job(job_id)
+            if raw is None or not is_terminal(raw):
+                return None
+            return await self._final_view(job_id, raw)
+        except SJEError as exc:
+            log.warning("job %s: answered without its outcome: %s", job_id, exc)
+            return None
 
     async def get_job(self, request: Request) -> Response:
         job_id = request.path_params["job_id"]
@@ -195,6 +242,15 @@ class Api:
             }
         return view
 
+    async def _final_view(self, job_id: str, raw: dict[str, str]) -> dict[str, Any]:
+        """An ended job's whole record, with the value of a job that has one (args, reduce):
+        waiting clients need nothing more."""
+        final = await self._full_view(job_id, raw, errors=False)
+        if raw["state"] == "succeeded" and (raw.get("reduce") or raw["kind"] == "call"):
+            value = await self._value(job_id, bool(raw.get("reduce")))
+            final["result"] = orjson.Fragment(value or b"null")
+        return final
+
     async def results(self, request: Request) -> Response:
         job_id = request.path_params["job_id"]
         offset = query_int(request, "offset", 0, 0, MAX_OFFSET)
@@ -202,7 +258,7 @@ class Api:
         raw = await self._job_or_404(job_id)
         head = {"id": job_id, "state": raw["state"]}
         if raw.get("reduce") or raw["kind"] == "call":
-            value = await self._single_result(job_id, raw)
+            value = await self._value(job_id, bool(raw.get("reduce")))
             return Response(
                 orjson.dumps(head)[:-1] + b',"result":' + (value or b"null") + b"}",
                 media_type="application/json",
@@ -217,8 +273,9 @@ class Api:
             meta[:-1] + b',"results":[' + b",".join(items) + b"]}", media_type="application/json"
         )
 
-    async def _single_result(self, job_id: str, raw: dict[str, str]) -> bytes | None:
-        if raw.get("reduce"):
+    async def _value(self, job_id: str, reduce: bool) -> bytes | None:
+        """The value of a job that has one: its reduce output, or its ``args`` call's result."""
+        if reduce:
             return await self.broker.reduce_result(job_id)
         return (await self.broker.results(job_id, 0, 1))[0]
 
@@ -261,14 +318,7 @@ class Api:
                 after = entry_id
                 yield sse(fields["type"], event_view(entry_id, fields, job_id), entry_id)
             if terminal and len(batch) < EVENTS_PAGE:
-                # the final snapshot is the whole job record, with the value of a job that has
-                # one (args, reduce): waiting clients need nothing more
-                final = await self._full_view(job_id, raw, errors=False)
-                if raw["state"] == "succeeded" and (raw.get("reduce") or raw["kind"] == "call"):
-                    final["result"] = orjson.Fragment(
-                        await self._single_result(job_id, raw) or b"null"
-                    )
-                yield sse(JOB_PROGRESS, final)
+                yield sse(JOB_PROGRESS, await self._final_view(job_id, raw))
                 return
             raw = await self.broker.job(job_id)
             if raw is not None and not is_terminal(raw) and (batch or job_level):

@@ -37,6 +37,22 @@ def query_int(request: Request, name: str, default: int, lo: int, hi: int | None
     return value
 
 
+def query_seconds(request: Request, name: str, hi: float) -> float:
+    """A duration in seconds (a number from 0 to ``hi``; 0 when absent), or ``InvalidRequest``."""
+    raw = request.query_params.get(name)
+    if raw is None:
+        return 0.0
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= hi:  # also refuses nan
+        raise InvalidRequest(
+            f"Query parameter '{name}={raw}': expected a number of seconds from 0 to {hi:g}."
+        )
+    return value
+
+
 def query_choice(request: Request, name: str, default: str, choices: Sequence[str]) -> str:
     """A query parameter that must be one of ``choices``, or ``InvalidRequest`` saying so."""
     raw = request.query_params.get(name)

@@ -286,6 +286,18 @@ def _operations() -> dict[str, dict[str, Schema]]:
             "post": {
                 "operationId": "submitJob",
                 "summary": "Submit a job; its inputs are split into tasks and queued.",
+                "parameters": [
+                    {
+                        "name": "wait",
+                        "in": "query",
+                        "required": False,
+                        "description": "Seconds (0 to 60) to hold the request for the job to "
+                        "end: if it does, the reply's `job` is its final record, with `result` "
+                        "for an `args` or reduce job that succeeded. Without it, or when the "
+                        "time runs out, the reply has no `job`; follow the job's events.",
+                        "schema": {"type": "number", "minimum": 0, "maximum": 60, "default": 0},
+                    }
+                ],
                 "requestBody": {
                     "required": True,
                     "content": {"application/json": {"schema": ref("schemas", "JobDefinition")}},
@@ -297,7 +309,7 @@ def _operations() -> dict[str, dict[str, Schema]]:
                         "The idempotency key names an existing job with the same definition: "
                         "that job (duplicate: true).",
                     ),
-                    **errors("TooLarge", "Conflict", "Unprocessable", "QueueFull"),
+                    **errors("BadRequest", "TooLarge", "Conflict", "Unprocessable", "QueueFull"),
                 },
             },
             "get": {
@@ -510,6 +522,11 @@ def _schemas() -> dict[str, Schema]:
                 "id": {"type": "string"},
                 "duplicate": {"type": "boolean"},
                 "tasks": {"type": "integer", "minimum": 1},
+                "job": {
+                    **ref("schemas", "Job"),
+                    "description": "With `wait`, when the job ended in time: its final "
+                    "record, plus `result` (the value of an `args` or reduce job).",
+                },
             },
             "required": ["id", "duplicate", "tasks"],
         },

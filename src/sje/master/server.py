@@ -88,9 +88,11 @@ class Master:
             finally:
                 scheduler.stop()
                 await loop_task
+                await api.ends.close()
                 await broker.close()
 
-        app = Api(broker, s, secret.encode(), BearerAuth(token)).app()
+        api = Api(broker, s, secret.encode(), BearerAuth(token))
+        app = api.app()
         app.router.lifespan_context = lifespan
         # open event streams must not hold a stopping master hostage
         config = uvicorn.Config(

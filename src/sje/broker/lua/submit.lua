@@ -1,7 +1,8 @@
 -- ARGV: P, jid, n, queue, priority, max_queue_length, idem_key, idem_hash, job_timeout_ms,
---       outbox_hold_ms, then field/value pairs for the job hash.
--- The task inputs (P:job:<id>:in) were written before with a safety TTL; this script makes
--- the job visible whole, or not at all.
+--       outbox_hold_ms, k, then k task inputs (a small job's, all of them; else none), then
+--       field/value pairs for the job hash.
+-- A large job's task inputs (P:job:<id>:in) were written before with a safety TTL; this script
+-- makes the job visible whole, or not at all.
 local jid, n, queue, prio = ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5]
 local maxlen, idem, idem_hash = tonumber(ARGV[6]), ARGV[7], ARGV[8]
 local job_timeout_ms = tonumber(ARGV[9])
@@ -20,8 +21,17 @@ local depth = redis.call('ZCARD', qkey(queue))
 if depth + n > maxlen then return {'full', tostring(depth)} end
 local now = now_ms()
 local jk = jkey(jid)
+local inline = tonumber(ARGV[11])
+if inline > 0 then
+  local args = {'HSET', jkey(jid, ':in')}
+  for i = 0, inline - 1 do
+    args[#args + 1] = i
+    args[#args + 1] = ARGV[12 + i]
+  end
+  redis.call(unpack(args))
+end
 local fields = {'HSET', jk}
-for i = 11, #ARGV do fields[#fields + 1] = ARGV[i] end
+for i = 12 + inline, #ARGV do fields[#fields + 1] = ARGV[i] end
 redis.call(unpack(fields))
 redis.call('HSET', jk, 'state', 'pending', 'created_at', now, 'remaining', n, 'c_queued', n,
   'c_running', 0, 'c_retrying', 0, 'c_succeeded', 0, 'c_failed', 0, 'c_dead', 0,
