@@ -75,12 +75,12 @@ local function flush_stats(stats)
   for field, n in pairs(stats) do redis.call('HINCRBY', P .. ':stats', field, n) end
 end
 
--- A task outcome: counted by queue, and in the throughput slot of ``now`` (s or f).
-local function count_outcome(stats, queue, outcome, now)
-  stat_add(stats, 'tasks|' .. queue .. '|' .. outcome, 1)
+-- n task outcomes: counted by queue, and in the throughput slot of ``now`` (s or f).
+local function count_outcome(stats, queue, outcome, now, n)
+  stat_add(stats, 'tasks|' .. queue .. '|' .. outcome, n)
   local slot = P .. ':tp:' .. math.floor(now / SLOT_MS)
   local sf = (outcome == 'succeeded') and 's' or 'f'
-  if redis.call('HINCRBY', slot, queue .. '|' .. sf, 1) == 1 then
+  if redis.call('HINCRBY', slot, queue .. '|' .. sf, n) == n then
     redis.call('PEXPIRE', slot, SLOT_TTL_MS)
   end
 end
@@ -205,7 +205,7 @@ local function fail_task(jid, idx, err, now, state, dur)
   local attempt = tonumber(redis.call('HGET', jkey(jid, ':att'), idx) or '0')
   local worker = redis.call('HGET', jkey(jid, ':w'), idx) or ''
   local stats = {}
-  count_outcome(stats, f[3], state, now)
+  count_outcome(stats, f[3], state, now, 1)
   flush_stats(stats)
   dlq_add(tid, {job = jid, task = idx, name = (idx == 'r') and f[2] or f[1], queue = f[3],
     state = state, attempt = attempt}, err, now)

@@ -2,8 +2,12 @@
 -- One round trip for a batch: store k results, then fetch up to n tasks for the freed slots.
 -- Returns {status_1, ..., status_k, task_id, header_json, payload, ...}.
 local wid, k = ARGV[2], tonumber(ARGV[5])
-local out = {}
-for i = 0, k - 1 do out[#out + 1] = complete_task(ARGV[6 + 2 * i], wid, ARGV[7 + 2 * i]) end
+local members, results = {}, {}
+for i = 0, k - 1 do
+  members[i + 1] = ARGV[6 + 2 * i]
+  results[i + 1] = ARGV[7 + 2 * i]
+end
+local out = complete_tasks(wid, members, results)
 local n = tonumber(ARGV[4])
 if n > 0 then
   local queues = {}
