@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
@@ -118,6 +118,36 @@ def status_record(final: Event) -> dict[str, Any]:
 
 def final_state(view: Mapping[str, Any]) -> bool:
     return JobState(view["state"]).is_terminal
+
+
+#: one request that reading a result needs: (path, query parameters)
+ResultRequest = tuple[str, "dict[str, int] | None"]
+
+
+def read_results(job_id: str, view: Mapping[str, Any]) -> Generator[ResultRequest, Any, Any]:
+    """The reading of a finished job's value, whatever the client's I/O: yields each request
+    to make, is sent its reply, returns the ordered results (``inputs``), the value (``args``)
+    or the reduce output. Drive it with ``send_requests`` or ``asend_requests``."""
+    path = f"/jobs/{job_id}/results"
+    if view.get("reduce") or view["kind"] == "call":
+        if "result" in view:  # carried by the final event of the stream or the submit reply
+            return view["result"]
+        return (yield path, None)["result"]
+    out: list[Any] = []
+    while len(out) < view["inputs"]:
+        page = yield path, {"offset": len(out), "limit": RESULTS_PAGE}
+        out.extend(page["results"])
+    return out
+
+
+def send_requests(steps: Generator[ResultRequest, Any, Any], client: Client) -> Any:
+    """Run ``steps`` (see ``read_results``) with the synchronous client; its return value."""
+    try:
+        path, params = next(steps)
+        while True:
+            path, params = steps.send(client.request("GET", path, params=params))
+    except StopIteration as stop:
+        return stop.value
 
 
 def check_outcome(view: Mapping[str, Any]) -> None:
@@ -302,22 +332,7 @@ class JobHandle:
         """
         view = self.wait(timeout)
         check_outcome(view)
-        return self._fetch_results(view)
-
-    def _fetch_results(self, view: Mapping[str, Any]) -> Any:
-        if view.get("reduce") or view["kind"] == "call":
-            if "result" in view:  # carried by the final event of the stream
-                return view["result"]
-            return self.client.request("GET", f"/jobs/{self.id}/results")["result"]
-        out: list[Any] = []
-        while len(out) < view["inputs"]:
-            page = self.client.request(
-                "GET",
-                f"/jobs/{self.id}/results",
-                params={"offset": len(out), "limit": RESULTS_PAGE},
-            )
-            out.extend(page["results"])
-        return out
+        return send_requests(read_results(self.id, view), self.client)
 
     def cancel(self) -> dict[str, Any]:
         return dict(self.client.request("POST", f"/jobs/{self.id}/cancel"))

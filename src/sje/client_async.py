@@ -11,13 +11,13 @@ import orjson
 
 from sje.client import (
     HTTP_TIMEOUT,
-    RESULTS_PAGE,
     Event,
     SSEParser,
     check_outcome,
     event_params,
     job_payload,
     raise_for,
+    read_results,
     status_record,
     submit_wait,
     unreachable,
@@ -114,16 +114,13 @@ class AsyncJobHandle:
     async def result(self, timeout: float | None = None) -> Any:
         view = await self.wait(timeout)
         check_outcome(view)
-        if view.get("reduce") or view["kind"] == "call":
-            if "result" in view:  # carried by the final event of the stream
-                return view["result"]
-            return (await self.client.request("GET", f"/jobs/{self.id}/results"))["result"]
-        out: list[Any] = []
-        while len(out) < view["inputs"]:
-            params = {"offset": len(out), "limit": RESULTS_PAGE}
-            page = await self.client.request("GET", f"/jobs/{self.id}/results", params=params)
-            out.extend(page["results"])
-        return out
+        steps = read_results(self.id, view)
+        try:
+            path, params = next(steps)
+            while True:
+                path, params = steps.send(await self.client.request("GET", path, params=params))
+        except StopIteration as stop:
+            return stop.value
 
     async def cancel(self) -> dict[str, Any]:
         return dict(await self.client.request("POST", f"/jobs/{self.id}/cancel"))

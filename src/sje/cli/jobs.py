@@ -72,9 +72,9 @@ def submit(
 
 
 def _print_outcome(handle: JobHandle, view: dict[str, Any], as_json: bool) -> None:
-    try:
-        from sje.client import check_outcome
+    from sje.client import check_outcome, read_results, send_requests  # httpx: client only
 
+    try:
         check_outcome(view)
     except SJEError as exc:
         if as_json:
@@ -83,7 +83,7 @@ def _print_outcome(handle: JobHandle, view: dict[str, Any], as_json: bool) -> No
         if tb and not as_json:
             err.print(tb.rstrip(), highlight=False, markup=False, soft_wrap=True)
         raise
-    value = handle._fetch_results(view)
+    value = send_requests(read_results(handle.id, view), handle.client)
     if as_json:
         print_json({"id": handle.id, "state": view["state"], "result": value})
     else:
