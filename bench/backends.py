@@ -22,7 +22,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
 import secrets
 import statistics
 import sys
@@ -39,7 +38,7 @@ from rich.table import Table
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import RESULTS, BenchError, Service  # noqa: E402
+from bench.common import RESULTS, BenchError, Service, sje_env  # noqa: E402
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
@@ -67,17 +66,13 @@ def backend_env(name: str, prefix: str, folder: Path) -> dict[str, str]:
         "amqp+redis": {"SJE_BROKER_URL": AMQP_URL, "SJE_STATE_URL": REDIS_URL},
         "amqp+sqlite": {"SJE_BROKER_URL": AMQP_URL, "SJE_STATE_URL": sqlite},
     }[name]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SJE_")}
-    env.update(urls)
-    env.update(
-        PYTHONPATH=str(ROOT),
-        PYTHONUNBUFFERED="1",
+    return sje_env(
+        **urls,
         SJE_KEY_PREFIX=prefix,
         SJE_TOKEN=f"bench-{prefix}",
         SJE_SECRET=f"bench-secret-{prefix}",
         SJE_STATE_DIR=str(folder),
     )
-    return env
 
 
 class Run:

@@ -6,6 +6,7 @@ each peer's own virtual environment, where neither SJE nor rich is installed.
 
 - ``Service``: a process started here, its output in a log file, ended by PID (with the
   descendants it was seen with);
+- ``sje_env``: the environment of the SJE processes a benchmark starts;
 - ``Deadline``, ``BenchError``, ``timed``, ``sigterm_as_interrupt``;
 - ``CompletionWatch`` (a completion counter polled every 5 ms) and ``MemorySampler`` (RSS and
   PSS of process trees);
@@ -14,7 +15,9 @@ each peer's own virtual environment, where neither SJE nor rich is installed.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import os
 import shutil
 import signal
 import socket
@@ -76,6 +79,24 @@ def sigterm_as_interrupt() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+_STATE_DIR: list[str] = []
+
+
+def sje_env(**settings: str) -> dict[str, str]:
+    """This process's environment without its ``SJE_*`` settings, plus ``settings``, the repo on
+    ``PYTHONPATH``, unbuffered output, and a state dir of this run's own (removed at exit), so
+    that the masters' local token records never land in the user's ~/.local/state/sje."""
+    if not _STATE_DIR:
+        _STATE_DIR.append(tempfile.mkdtemp(prefix="sje-bench-state-"))
+        atexit.register(shutil.rmtree, _STATE_DIR[0], True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SJE_")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    env["PYTHONUNBUFFERED"] = "1"
+    env["SJE_STATE_DIR"] = _STATE_DIR[0]
+    env.update(settings)
+    return env
 
 
 def free_port() -> int:

@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import Any
 
 import redis
-from common import BenchError, Deadline, Service, sigterm_as_interrupt
+from common import BenchError, Deadline, Service, sigterm_as_interrupt, sje_env
 from rich.console import Console
 from rich.table import Table
 
@@ -246,16 +246,13 @@ def start_cluster(opts: Options, data_dir: Path) -> Cluster:
         old.unlink()
     cluster = Cluster(RedisProcess(data_dir, opts.log_dir), "load", secrets.token_urlsafe(24))
     try:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SJE_")}
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-        env["PYTHONUNBUFFERED"] = "1"
-        env |= {
-            "SJE_BROKER_URL": cluster.redis.url,
-            "SJE_KEY_PREFIX": cluster.prefix,
-            "SJE_TOKEN": cluster.token,
-            "SJE_SECRET": secrets.token_hex(24),
-            "SJE_RESULT_TTL": f"{opts.result_ttl:g}s",
-        }
+        env = sje_env(
+            SJE_BROKER_URL=cluster.redis.url,
+            SJE_KEY_PREFIX=cluster.prefix,
+            SJE_TOKEN=cluster.token,
+            SJE_SECRET=secrets.token_hex(24),
+            SJE_RESULT_TTL=f"{opts.result_ttl:g}s",
+        )
         master_args = ["-m", "sje", "master", "--port", "0", "--bind-address", HOST]
         cluster.master = Service("master", master_args, env, opts.log_dir)
         worker_args = ["-m", "sje", "worker", "--tasks", "bench.tasks", "--concurrency", "1"]

@@ -33,7 +33,7 @@ from typing import Any
 
 import httpx
 import redis
-from common import BenchError, Deadline, Service, sigterm_as_interrupt
+from common import BenchError, Deadline, Service, sigterm_as_interrupt, sje_env
 from rich.console import Console
 from rich.table import Table
 
@@ -270,10 +270,7 @@ def build_table(res: dict[str, Any]) -> Table:
 
 
 def start_monitor(prefix: str, token: str, log_dir: Path) -> tuple[Service, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SJE_")}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    env["PYTHONUNBUFFERED"] = "1"
-    env |= {"SJE_KEY_PREFIX": prefix, "SJE_TOKEN": token, "SJE_SECRET": secrets.token_hex(24)}
+    env = sje_env(SJE_KEY_PREFIX=prefix, SJE_TOKEN=token, SJE_SECRET=secrets.token_hex(24))
     args = ["-m", "sje", "monitor", "--port", "0", "--broker-url", REDIS_URL]
     service = Service("monitor", args, env, log_dir)
     try:
