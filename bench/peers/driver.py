@@ -301,9 +301,11 @@ def scenario_recovery(h: Harness, a: Adapter, rec: dict[str, Any]) -> None:
     n = plan.rec_n
     a.purge()
     h.clear_keys()
-    a.enqueue_many("noop", list(range(n)))
+    # workers first: started after the enqueue, the first one ready could drain a small run
+    # alone before the other is up, and the kill would find nothing left to recover
+    workers = a.workers("rec")
     with Watch(h, n) as watch:
-        workers = a.workers("rec")
+        a.enqueue_many("noop", list(range(n)))
         watch.wait(
             lambda: watch.done >= plan.rec_kill_at,
             h.deadline.cap(plan.phase_timeout_s),
@@ -317,6 +319,11 @@ def scenario_recovery(h: Harness, a: Adapter, rec: dict[str, Any]) -> None:
         t_kill = time.perf_counter()
         at_kill = watch.done
         held = a.held_by(name)
+        if at_kill >= n:
+            raise BenchError(
+                f"recovery: all {n:,} tasks had completed before the kill, so nothing was left "
+                "to recover; raise rec_n (or lower rec_kill_at) for this machine"
+            )
         cap_end = time.monotonic() + h.deadline.cap(plan.rec_cap_s)
         while watch.complete_at is None and time.monotonic() < cap_end:
             if time.perf_counter() - max(watch.last_change, t_kill) > plan.rec_stall_s:
