@@ -18,6 +18,9 @@
   not an unacknowledged message, is what brings a dead worker's task back (``reclaim`` →
   outbox → published again), so a task may run for hours without RabbitMQ's
   ``consumer_timeout`` closing the channel.
+- **Dead-lettered deliveries**: a message whose consumers died between fetching and
+  acknowledging it ``DELIVERY_LIMIT`` + 1 times goes to ``P.dead`` while the store still holds
+  its task as queued; the master's tick publishes it again (dropped if its job has ended).
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ from sje.broker.base import (
     TaskLogs,
 )
 from sje.errors import BrokerError
-from sje.models import TaskMessage
+from sje.models import JobState, TaskMessage
 from sje.tasks import TaskDefaults
 
 log = logging.getLogger(__name__)
@@ -225,7 +228,33 @@ class AmqpBroker:
         ready (promoted, reclaimed, released, reduce steps, crashed submitters' jobs)."""
         promoted = await self.store.promote_due()
         await self.relay()
+        await self.queue.take_dead(RELAY_BATCH, self._publish_again)
         return promoted
+
+    async def _publish_again(self, task_ids: list[str]) -> None:
+        """Publish again the tasks RabbitMQ dead-lettered: their deliveries reached
+        ``DELIVERY_LIMIT`` because consumers died between fetching and acknowledging them, so
+        the store still holds them as queued. ``start`` skips any that is not queued any more;
+        those of ended or unknown jobs are dropped here."""
+        jobs: dict[str, dict[str, str] | None] = {}
+        groups: dict[tuple[str, int], list[str]] = defaultdict(list)
+        for task_id in task_ids:
+            job_id = task_id.partition(":")[0]
+            if job_id not in jobs:
+                jobs[job_id] = await self.store.job(job_id)
+            job = jobs[job_id]
+            if job is not None and not JobState(job["state"]).is_terminal:
+                groups[(job["queue"], int(job["priority"]))].append(task_id)
+        for (queue, priority), ids in groups.items():
+            await self._publish(queue, priority, ids)
+            log.warning(
+                "published again %d task(s) of queue %s that RabbitMQ dead-lettered after %d "
+                "deliveries (consumers died between fetching and acknowledging them: see the "
+                "workers' logs)",
+                len(ids),
+                queue,
+                DELIVERY_LIMIT,
+            )
 
     async def expire_jobs(self) -> int:
         return await self.store.expire_jobs()

@@ -31,11 +31,17 @@ import contextlib
 import itertools
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 
 import aio_pika
 import aiormq.exceptions as amqp_errors
-from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange, ExchangeType
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractConnection,
+    AbstractExchange,
+    AbstractIncomingMessage,
+    ExchangeType,
+)
 from pamqp.common import FieldTable
 
 from sje.broker.amqp_fetch import BandFetcher
@@ -264,6 +270,29 @@ class AmqpQueue:
                     result = await q.purge()
                 purged += int(result.message_count or 0)
         return purged
+
+    async def take_dead(self, n: int, handle: Callable[[list[str]], Awaitable[None]]) -> int:
+        """Hand up to ``n`` message ids of the dead-letter queue ``P.dead`` to ``handle``,
+        then acknowledge them; if ``handle`` raises, they go back there. Returns how many."""
+        async with self._admin_lock, self._calls():
+            await self._declare_dead()
+            dead = await self._channel(self._admin).get_queue(self.names.dead, ensure=False)
+            taken: list[AbstractIncomingMessage] = []
+            while len(taken) < n and (message := await dead.get(fail=False)) is not None:
+                taken.append(message)
+        if not taken:
+            return 0
+        try:
+            await handle([m.message_id or m.body.decode() for m in taken])
+        except BaseException:
+            with contextlib.suppress(*AMQP_ERRORS):  # a lost channel returns them anyway
+                for message in taken:
+                    await message.nack(requeue=True)
+            raise
+        async with self._calls():
+            for message in taken:
+                await message.ack()
+        return len(taken)
 
     async def delete_topology(self, queues: Sequence[str] = ()) -> None:
         """Delete the bands of ``queues`` and of every queue used here, the delay buckets and
