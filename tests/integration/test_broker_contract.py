@@ -1782,6 +1782,28 @@ def test_global_events_resume_after_an_id(store: Store) -> None:
     run(store, scenario)
 
 
+def test_job_ends_are_read_from_a_position_and_nothing_else_is(store: Store) -> None:
+    async def scenario(b: Broker) -> None:
+        early = await submit(b, {"task": "t", "inputs": [1]})
+        await b.cancel(early)
+        mark = await b.views.last_job_end()
+        done = await submit(b, {"task": "t", "inputs": [1]})
+        cancelled = await submit(b, {"task": "t", "inputs": [1, 2]})
+        # RabbitMQ may first deliver the cancelled job's message, which is skipped
+        (m,) = await eventually(lambda: b.fetch(W1, ["default"], 1, LONG_LEASE), "a task")
+        assert m.job_id == done
+        assert await b.complete(m.id, W1, b"1") == "ok"
+        await b.cancel(cancelled)
+
+        after, ended = await b.views.job_ends(mark, 1000)
+        assert ended == [done, cancelled]  # submits and starts are not job ends
+        assert after == await b.views.last_job_end()
+        assert await b.views.job_ends(after, 50) == (after, [])  # waited 50 ms for one
+        assert (await b.views.job_ends("0-0", 1000))[1] == [early, done, cancelled]
+
+    run(store, scenario)
+
+
 def test_failures_and_dead_letters_reach_the_global_stream_in_order(store: Store) -> None:
     async def scenario(b: Broker) -> None:
         jid = await submit(b, {"task": "t", "inputs": [1], "retries": 1})

@@ -227,6 +227,16 @@ class MonitorViews(Protocol):
 
     async def last_event_id(self) -> str: ...
 
+    async def job_ends(self, after: str, block_ms: int) -> tuple[str, list[str]]:
+        """The ids of the jobs that ended after position ``after``, oldest first, and the
+        position to read on from; waits up to ``block_ms`` for one. What requests waiting for
+        jobs follow."""
+        ...
+
+    async def last_job_end(self) -> str:
+        """The position of the newest job end, for a first ``job_ends``."""
+        ...
+
     async def queues(self, peek: int) -> dict[str, Any]: ...
 
 

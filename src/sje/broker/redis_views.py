@@ -218,8 +218,22 @@ class RedisViews:
         ]
 
     async def last_event_id(self) -> str:
+        return await self._last_id("events")
+
+    async def job_ends(self, after: str, block_ms: int) -> tuple[str, list[str]]:
         with self._b.guard():
-            raw = await self._r.xrevrange(self._k("events"), count=1)
+            reply = await self._r.xread({self._k("ends"): after}, count=1000, block=block_ms)
+        entries = [entry for _stream, batch in reply or [] for entry in batch]
+        if not entries:
+            return after, []
+        return entries[-1][0].decode(), [fields[b"job"].decode() for _, fields in entries]
+
+    async def last_job_end(self) -> str:
+        return await self._last_id("ends")
+
+    async def _last_id(self, stream: str) -> str:
+        with self._b.guard():
+            raw = await self._r.xrevrange(self._k(stream), count=1)
         return raw[0][0].decode() if raw else "0-0"
 
     # -- queues -------------------------------------------------------------------------------

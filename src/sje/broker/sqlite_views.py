@@ -20,13 +20,14 @@ from sje.broker.sqlite_tx import (
     job_record,
     parse_event_id,
 )
-from sje.events import SLOT_S
+from sje.events import JOB_FINISHED, SLOT_S
 from sje.models import JobState
 
 if TYPE_CHECKING:
     from sje.broker.sqlite import SQLiteBroker
 
 _ACTIVE = "state IN ('pending', 'running')"
+_JOB_ENDS = frozenset(JOB_FINISHED.values())
 _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 
 
@@ -183,6 +184,17 @@ class SQLiteViews:
     async def last_event_id(self) -> str:
         (eid,) = await self._b.read(lambda tx: tx.one("SELECT max(eid) FROM global_events"))
         return "0-0" if eid is None else event_id(eid)
+
+    async def job_ends(self, after: str, block_ms: int) -> tuple[str, list[str]]:
+        """The job ends among the global events (in a file, one more stream would cost a
+        write per job and save no read)."""
+        events = await self.global_events(after, block_ms)
+        if not events:
+            return after, []
+        return events[-1][0], [f["job"] for _, f in events if f.get("type") in _JOB_ENDS]
+
+    async def last_job_end(self) -> str:
+        return await self.last_event_id()
 
     # -- queues -------------------------------------------------------------------------------
 

@@ -1,8 +1,9 @@
 """Requests waiting for jobs to end (``POST /jobs?wait=``), woken by one event reader.
 
-However many requests wait, one task follows the global event stream while any does: it
-starts when the first request waits (at the stream's last id), resolves the waiters of each
-job end it reads, and stops when no waiter is left. A request registers before it stores its
+However many requests wait, one task follows the job ends (``MonitorViews.job_ends``: on
+Redis a stream of its own, so that it is not woken by every other event) while any does: it
+starts when the first request waits (at the newest end), resolves the waiters of each job end
+it reads, and stops when no waiter is left. A request registers before it stores its
 job, so the end comes after the reader's position; a job stored earlier (an idempotent
 duplicate) is checked once after registering (``docs/architecture.md``, step 8).
 """
@@ -16,11 +17,9 @@ from collections.abc import AsyncIterator, Iterable
 
 from sje.broker.base import MonitorViews
 from sje.errors import SJEError
-from sje.events import JOB_FINISHED
 
 log = logging.getLogger(__name__)
 
-_ENDS = frozenset(JOB_FINISHED.values())
 _BLOCK_MS = 1000  # one read waits this long at most: a reader with no waiters stops by then
 
 
@@ -63,13 +62,12 @@ class JobEnds:
     async def _read(self, started: asyncio.Future[None]) -> None:
         views = self._views
         try:
-            after = await views.last_event_id()
+            after = await views.last_job_end()
             started.set_result(None)
             while self._waiters:
-                for entry_id, fields in await views.global_events(after, _BLOCK_MS):
-                    after = entry_id
-                    if fields.get("type") in _ENDS:
-                        self._wake(self._waiters.get(fields.get("job", ""), ()))
+                after, ended = await views.job_ends(after, _BLOCK_MS)
+                for job_id in ended:
+                    self._wake(self._waiters.get(job_id, ()))
         except SJEError as exc:
             log.warning("requests waiting for jobs answered without the outcome: %s", exc)
             for waiting in self._waiters.values():

@@ -159,6 +159,7 @@ local function finish_job(jid, state, now, err)
   redis.call('HINCRBY', P .. ':stats', 'jobs|' .. state, 1)
   job_event(jid, 'job.' .. state, {'state', state})
   global_event('job.' .. state, {'job', jid, 'state', state})
+  redis.call('XADD', P .. ':ends', 'MAXLEN', '~', '10000', '*', 'job', jid)
   local f = redis.call('HMGET', jk, 'result_ttl_ms', 'idem')
   local ttl = tonumber(f[1])
   for _, s in ipairs(SUFFIXES) do redis.call('PEXPIRE', jkey(jid, s), ttl) end
