@@ -74,6 +74,7 @@ class Child:
     draining: bool = False
     dispatched: int = 0
     is_closed: bool = False
+    dying: bool = False  # killed, its pipe not closed yet: it takes no task any more
     cgroup: ChildCgroup | None = None
     has_leftovers: bool = False  # its tasks left processes behind: replace it
     capture: CaptureFile | None = None  # where its plain tasks' output goes
@@ -90,8 +91,16 @@ class Child:
         with contextlib.suppress(OSError, ValueError):
             self.conn.send_bytes(frame(header, body))
 
+    @property
+    def usable(self) -> bool:
+        """Alive and not being drained: it may be given tasks."""
+        return not (self.is_closed or self.dying or self.draining)
+
     def kill(self) -> None:
-        """SIGKILL the child and every process it started, in its process group or not."""
+        """SIGKILL the child and every process it started, in its process group or not. From
+        now on it takes no task, although its pipe closes (and the pool learns of its death)
+        only a moment later."""
+        self.dying = True
         tree = proctree.descendants(self.pid)
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.pid, signal.SIGKILL)
@@ -320,7 +329,7 @@ class Pool:
     def free_slots(self) -> int:
         free = 0
         for child in self.children:
-            if child.is_closed or child.draining:
+            if not child.usable:
                 continue
             if not child.tasks:
                 free += 1
@@ -355,14 +364,12 @@ class Pool:
 
     def _pick_queue(self, depth: int) -> Child | None:
         busy = [
-            c
-            for c in self.children
-            if not (c.is_closed or c.draining or c.is_async) and 0 < len(c.tasks) < depth
+            c for c in self.children if c.usable and not c.is_async and 0 < len(c.tasks) < depth
         ]
         return min(busy, key=lambda c: len(c.tasks)) if busy else None
 
     def _pick(self, is_async: bool) -> Child | None:
-        live = [c for c in self.children if not c.is_closed and not c.draining]
+        live = [c for c in self.children if c.usable]
         if is_async:
             busy = [
                 c for c in live if c.is_async and c.tasks and len(c.tasks) < self.async_capacity
@@ -374,7 +381,7 @@ class Pool:
     def _drain_one_async_child(self) -> None:
         if any(c.draining and c.tasks for c in self.children):
             return
-        candidates = [c for c in self.children if c.is_async and c.tasks and not c.is_closed]
+        candidates = [c for c in self.children if c.is_async and c.tasks and not c.dying]
         if candidates:
             min(candidates, key=lambda c: len(c.tasks)).draining = True
 
