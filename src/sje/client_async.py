@@ -10,7 +10,8 @@ import httpx
 import orjson
 
 from sje.client import (
-    HTTP_TIMEOUT,
+    CONNECT_TIMEOUT_S,
+    READ_TIMEOUT_S,
     Event,
     SSEParser,
     check_outcome,
@@ -33,22 +34,25 @@ class AsyncClient:
         settings = load_settings(ClientSettings, None, {"master": master_url, "token": token})
         self.url = settings.master.rstrip("/")
         headers = settings.auth_headers
-        self._http = httpx.AsyncClient(base_url=self.url, headers=headers, timeout=HTTP_TIMEOUT)
+        timeout = httpx.Timeout(READ_TIMEOUT_S, connect=CONNECT_TIMEOUT_S)
+        self._http = httpx.AsyncClient(base_url=self.url, headers=headers, timeout=timeout)
 
     async def request(self, method: str, path: str, **kwargs: Any) -> Any:
         try:
             response = await self._http.request(method, "/api/v1" + path, **kwargs)
         except httpx.TransportError as exc:
-            raise unreachable(self.url, exc) from exc
-        raise_for(response, self.url)
+            raise unreachable(self.url, exc, _timed_out(exc)) from exc
+        raise_for(response.status_code, response.content, self.url)
         return response.json()
 
     async def submit(self, job_def: Mapping[str, Any], wait: float | None = None) -> AsyncJobHandle:
         """As ``Client.submit``: with ``wait``, the request waits up to that long for the end."""
         body = orjson.dumps(job_payload(job_def))
         headers = {"Content-Type": "application/json"}
+        params, read_s = submit_wait(wait)
+        timeout = httpx.Timeout(read_s, connect=CONNECT_TIMEOUT_S)
         reply = await self.request(
-            "POST", "/jobs", content=body, headers=headers, **submit_wait(wait)
+            "POST", "/jobs", content=body, headers=headers, params=params, timeout=timeout
         )
         return AsyncJobHandle(self, reply["id"], reply.get("job"))
 
@@ -65,8 +69,7 @@ class AsyncClient:
                     params=event_params(parser.after, job_level),
                 ) as response:
                     if response.status_code >= 400:
-                        await response.aread()
-                        raise_for(response, self.url)
+                        raise_for(response.status_code, await response.aread(), self.url)
                     async for line in response.aiter_lines():
                         event = parser.feed(line)
                         if event is not None:
@@ -76,10 +79,15 @@ class AsyncClient:
             except httpx.ReadTimeout:
                 continue
             except httpx.TransportError as exc:
-                raise unreachable(self.url, exc) from exc
+                raise unreachable(self.url, exc, _timed_out(exc)) from exc
 
     async def aclose(self) -> None:
         await self._http.aclose()
+
+
+def _timed_out(exc: httpx.TransportError) -> bool:
+    """Connected, then no answer in time (not a connection that could not be made)."""
+    return isinstance(exc, httpx.TimeoutException) and not isinstance(exc, httpx.ConnectTimeout)
 
 
 class AsyncJobHandle:
