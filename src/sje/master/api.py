@@ -217,7 +217,7 @@ class Api:
         try:
             raw = await self.broker.job(job_id) if checked else None
             if raw is None or not is_terminal(raw):
-                with contextlib.suppress(TimeoutError):
+                with contextlib.suppress(asyncio.TimeoutError):  # not TimeoutError on 3.10
                     await asyncio.wait_for(asyncio.shield(ended), wait)
                 raw = await self.broker.job(job_id)
             if raw is None or not is_terminal(raw):
