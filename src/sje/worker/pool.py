@@ -381,7 +381,7 @@ class Pool:
     def _drain_one_async_child(self) -> None:
         if any(c.draining and c.tasks for c in self.children):
             return
-        candidates = [c for c in self.children if c.is_async and c.tasks and not c.dying]
+        candidates = [c for c in self.children if c.is_async and c.tasks and c.usable]
         if candidates:
             min(candidates, key=lambda c: len(c.tasks)).draining = True
 
