@@ -28,11 +28,14 @@ def _between(header: Sequence[str]) -> bytes:
     return _SEP + b"".join(h.encode() + _SEP for h in header)
 
 
+def _sign(key: bytes, message: bytes) -> bytes:
+    return hmac.digest(key, message, "sha256")[:_SIG_BYTES].hex().encode()
+
+
 def signature(key: bytes, task_id: str, header: Sequence[str], payload: bytes) -> bytes:
     """The ``SIG_LEN`` hex characters for one task message: HMAC-SHA256 over the task id, the
     header fields and the payload, separated by ``_SEP``."""
-    message = task_id.encode() + _between(header) + payload
-    return hmac.digest(key, message, "sha256")[:_SIG_BYTES].hex().encode()
+    return _sign(key, task_id.encode() + _between(header) + payload)
 
 
 def sign_payloads(
@@ -40,12 +43,9 @@ def sign_payloads(
 ) -> list[bytes]:
     """Each payload prefixed with its signature (task ids ``<job>:<index>``); the header is
     encoded once for the whole job (a job of 100,000 inputs signs in ~0.2 s, not ~0.5)."""
-    between, digest = _between(header), hmac.digest
+    between = _between(header)
     return [
-        digest(key, f"{job_id}:{i}".encode() + between + payload, "sha256")[:_SIG_BYTES]
-        .hex()
-        .encode()
-        + payload
+        _sign(key, f"{job_id}:{i}".encode() + between + payload) + payload
         for i, payload in enumerate(payloads)
     ]
 
