@@ -68,11 +68,12 @@ def raise_for(status: int, body: bytes, url: str) -> None:
     raise error_from_code(err.get("code", "error"), err.get("message", "unknown error"))
 
 
-def unreachable(url: str, exc: Exception, timed_out: bool) -> MasterError:
-    """The error for a request that got no answer: ``timed_out`` once connected, or not."""
-    if timed_out:
+def unreachable(url: str, exc: Exception, timed_out_after: float | None) -> MasterError:
+    """The error for a request that got no answer: connected, then none within
+    ``timed_out_after`` seconds; or (None) no connection."""
+    if timed_out_after is not None:
         return MasterError(
-            f"The master at {url} did not answer within {READ_TIMEOUT_S:g}s "
+            f"The master at {url} did not answer within {timed_out_after:g}s "
             f"({type(exc).__name__}); it may be waiting on its broker. Retry (with an "
             "idempotency-key a retried submit cannot run twice), or check the master's log."
         )
@@ -130,7 +131,8 @@ ResultRequest = tuple[str, "dict[str, int] | None"]
 def read_results(job_id: str, view: Mapping[str, Any]) -> Generator[ResultRequest, Any, Any]:
     """The reading of a finished job's value, whatever the client's I/O: yields each request
     to make, is sent its reply, returns the ordered results (``inputs``), the value (``args``)
-    or the reduce output. Drive it with ``send_requests`` or ``asend_requests``."""
+    or the reduce output. ``send_requests`` drives it for ``Client``; ``AsyncJobHandle.result``
+    for the async client."""
     path = f"/jobs/{job_id}/results"
     if view.get("reduce") or view["kind"] == "call":
         if "result" in view:  # carried by the final event of the stream or the submit reply
@@ -214,15 +216,18 @@ class Client:
         method: str,
         path: str,
         params: Mapping[str, Any] | None = None,
-        read_s: float = READ_TIMEOUT_S,
+        read_s: float | None = None,
         **kwargs: Any,
     ) -> Any:
         """One call of the API (``path`` below ``/api/v1``, ``json=`` or ``body=`` for its
-        body); its JSON answer, or the error."""
+        body), answered within ``read_s`` (default ``READ_TIMEOUT_S``) seconds; its JSON
+        answer, or the error."""
+        read_s = read_s or READ_TIMEOUT_S
         try:
             response = self._open(method, path, params, read_s, **kwargs)
         except TransportError as exc:
-            raise unreachable(self.url, exc, isinstance(exc, ReadTimeoutError)) from exc
+            timed_out = read_s if isinstance(exc, ReadTimeoutError) else None
+            raise unreachable(self.url, exc, timed_out) from exc
         raise_for(response.status, response.data, self.url)
         return orjson.loads(response.data)
 
@@ -320,7 +325,7 @@ class Client:
             except ReadTimeoutError:
                 pass
             except TransportError as exc:
-                raise unreachable(self.url, exc, timed_out=False) from exc
+                raise unreachable(self.url, exc, None) from exc
             if deadline is not None and time.monotonic() >= deadline:
                 raise JobTimeout(
                     f"Job timeout: job {job_id} did not finish within {timeout}s of waiting."

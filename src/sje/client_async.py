@@ -41,7 +41,8 @@ class AsyncClient:
         try:
             response = await self._http.request(method, "/api/v1" + path, **kwargs)
         except httpx.TransportError as exc:
-            raise unreachable(self.url, exc, _timed_out(exc)) from exc
+            timeout = kwargs.get("timeout") or self._http.timeout
+            raise unreachable(self.url, exc, _timed_out(exc, timeout)) from exc
         raise_for(response.status_code, response.content, self.url)
         return response.json()
 
@@ -79,15 +80,18 @@ class AsyncClient:
             except httpx.ReadTimeout:
                 continue
             except httpx.TransportError as exc:
-                raise unreachable(self.url, exc, _timed_out(exc)) from exc
+                raise unreachable(self.url, exc, _timed_out(exc, self._http.timeout)) from exc
 
     async def aclose(self) -> None:
         await self._http.aclose()
 
 
-def _timed_out(exc: httpx.TransportError) -> bool:
-    """Connected, then no answer in time (not a connection that could not be made)."""
-    return isinstance(exc, httpx.TimeoutException) and not isinstance(exc, httpx.ConnectTimeout)
+def _timed_out(exc: httpx.TransportError, timeout: httpx.Timeout) -> float | None:
+    """The seconds a request waited for an answer once connected, if that is how it failed
+    (None: no connection could be made)."""
+    if isinstance(exc, httpx.TimeoutException) and not isinstance(exc, httpx.ConnectTimeout):
+        return timeout.read
+    return None
 
 
 class AsyncJobHandle:

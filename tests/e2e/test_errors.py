@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+import signal
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 import sje
-from tests.support import Proc, auth, free_port, run_sje, sje_env, start_master
+import sje.client
+from tests.support import Proc, api_client, auth, free_port, run_sje, sje_env, start_master
 
 
 def _submit_file(tmp_path: Path, body: str) -> str:
@@ -24,6 +27,40 @@ def test_master_unreachable_says_which_url_and_how_to_fix(tmp_path: Path) -> Non
     assert f"Connection refused: no SJE master answers at {url}" in done.stderr
     assert "Start one with `sje master`, or set SJE_MASTER" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+@pytest.fixture
+def stopped_master(master: str, procs: list[Proc]) -> Iterator[str]:
+    """The test's master, stopped (SIGSTOP): it accepts connections and answers nothing."""
+    procs[-1].signal(signal.SIGSTOP)
+    yield master
+    procs[-1].signal(signal.SIGCONT)
+
+
+def test_a_master_that_does_not_answer_is_a_timeout_naming_the_seconds_waited(
+    stopped_master: str, env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sje.client, "READ_TIMEOUT_S", 0.5)
+    said = f"The master at {stopped_master} did not answer within"
+    client = api_client(env, stopped_master)
+    with pytest.raises(sje.MasterError) as caught:
+        client.health()
+    assert f"{said} 0.5s" in caught.value.message
+    assert "check the master's log" in caught.value.message
+    with pytest.raises(sje.MasterError) as caught:  # a submit that waits gets its wait on top
+        client.submit({"task": "tests.apps.sample_tasks.add", "args": [1, 2]}, wait=1)
+    assert f"{said} 1.5s" in caught.value.message
+
+    async def through_the_async_client() -> str:
+        async_client = sje.AsyncClient(stopped_master, token=env["SJE_TOKEN"])
+        try:
+            with pytest.raises(sje.MasterError) as caught:
+                await async_client.submit({"task": "tests.apps.sample_tasks.add", "args": [1]})
+            return caught.value.message
+        finally:
+            await async_client.aclose()
+
+    assert f"{said} 0.5s" in asyncio.run(through_the_async_client())
 
 
 def test_debug_flag_shows_the_traceback() -> None:
