@@ -66,12 +66,18 @@ def _started(tmp_path: Path) -> set[str]:
     return {p.name for p in folder.iterdir()} if folder.exists() else set()
 
 
+def _master_and_worker(env: dict[str, str], procs: list[Proc], concurrency: int) -> str:
+    """A master and one worker on the backend (ended with the test); the master's URL."""
+    master, url = start_master(env)
+    procs.append(master)
+    procs.append(start_worker(env, "--concurrency", str(concurrency)))
+    return url
+
+
 def test_a_job_with_a_reduce_step_runs_end_to_end(
     backend_env: dict[str, str], procs: list[Proc]
 ) -> None:
-    master, url = start_master(backend_env)
-    procs.append(master)
-    procs.append(start_worker(backend_env, "--concurrency", "2"))
+    url = _master_and_worker(backend_env, procs, 2)
     handle = api_client(backend_env, url).submit(
         {
             "task": "tests.apps.sample_tasks.square",
@@ -86,9 +92,7 @@ def test_a_job_with_a_reduce_step_runs_end_to_end(
 def test_a_submit_that_waits_gets_the_outcome_in_its_reply(
     backend_env: dict[str, str], procs: list[Proc]
 ) -> None:
-    master, url = start_master(backend_env)
-    procs.append(master)
-    procs.append(start_worker(backend_env, "--concurrency", "1"))
+    url = _master_and_worker(backend_env, procs, 1)
     job = {"task": "tests.apps.sample_tasks.add", "args": [4, 5]}
     with api_client(backend_env, url) as client:
         for _ in range(3):  # the master's event reader stops and starts between requests
