@@ -1,8 +1,12 @@
-"""The worker's pool of real child processes, driven directly: which child takes a task.
+"""The worker's pool of real child processes, driven directly.
 
 A child the worker kills (its task timed out, its job was cancelled) dies at once, but the pool
 learns of it only when its pipe's end is read, a moment later on the event loop. A task placed
 in between would go to a dying child and fail as "the child process running this task died".
+
+A child with tasks queued is read in batches: its outcomes wait in the socket a moment. When
+it dies, the outcomes it sent before are still read first, so only the task that was running
+is blamed.
 """
 
 from __future__ import annotations
@@ -17,12 +21,12 @@ from tests.support import eventually
 TASKS = "tests.apps.sample_tasks"
 
 
-def message(i: int) -> TaskMessage:
+def message(i: int, task: str = "square") -> TaskMessage:
     return TaskMessage(
         id=f"job:{i}",
         job_id="job",
         index=str(i),
-        task=f"{TASKS}.square",
+        task=f"{TASKS}.{task}",
         payload=b"",
         attempt=1,
         retries=0,
@@ -55,6 +59,42 @@ def test_a_killed_child_takes_no_task_before_its_death_is_read() -> None:
 
             await eventually(answered, "the live child's answer")
             await eventually(death_read, "the killed child's closed pipe")
+        finally:
+            await pool.stop()
+
+    asyncio.run(scenario())
+
+
+def test_outcomes_sent_before_a_child_dies_are_read_before_its_death() -> None:
+    async def scenario() -> None:
+        seen: list[tuple[str, Any]] = []
+        blamed: list[str] = []
+
+        def on_frame(child: Child, header: dict[str, Any] | None, body: bytes) -> None:
+            if header is None:  # as the worker does: the task not queued any more is blamed
+                blamed.extend(tid for tid, r in child.tasks.items() if not r.queued)
+                seen.append(("closed", None))
+            elif header["type"] == "done":
+                pool.finish(child, header["id"])
+                seen.append((header["id"], body))
+
+        pool = Pool([TASKS], 1, 10, 0, on_frame)
+        await pool.start()
+        try:
+            for i in range(1, 5):
+                assert pool.place(message(i), is_async=False, body=str(i).encode(), depth=6)
+            assert pool.place(message(5, "die"), is_async=False, body=b"null", depth=6)
+            (child,) = pool.children
+            assert [r.queued for r in child.tasks.values()] == [False] + [True] * 4
+
+            async def closed() -> bool:
+                return ("closed", None) in seen
+
+            await eventually(closed, "the child's death")
+            assert seen == [(f"job:{i}", str(i * i).encode()) for i in range(1, 5)] + [
+                ("closed", None)
+            ]
+            assert blamed == ["job:5"]
         finally:
             await pool.stop()
 

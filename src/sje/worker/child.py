@@ -1,9 +1,9 @@
 """The child process that runs tasks. Never imported by the worker's own loop at run time.
 
-Frames on the pipe are ``header JSON + b"\\n" + body``. Parent to child: ``run`` (body: the
-task's JSON input), ``cancel``. Child to parent: ``ready`` / ``error`` at start, ``done``
-(body: the JSON result when ``ok``; ``log``: what the attempt printed and logged, when it did,
-see ``sje.worker.capture``).
+Frames on its socket (``sje.worker.wire``) are ``header JSON + b"\\n" + body``. Parent to
+child: ``run`` (body: the task's JSON input), ``cancel``, ``recall``. Child to parent:
+``ready`` / ``error`` at start, ``done`` (body: the JSON result when ``ok``; ``log``: what the
+attempt printed and logged, when it did, see ``sje.worker.capture``), ``recalled``.
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ import os
 import queue
 import resource
 import signal
+import socket
 import sys
 import threading
 import traceback
-from multiprocessing.connection import Connection
 from typing import Any
 
 import orjson
@@ -34,6 +34,7 @@ from sje.worker.capture import (
     install_task_output,
     keep_one_log_handler,
 )
+from sje.worker.wire import FrameReader, frame, send, unframe
 
 _PR_SET_PDEATHSIG = 1
 _CPU_GRACE_S = 2  # between SIGXCPU (soft limit) and SIGKILL (hard limit)
@@ -47,15 +48,6 @@ _START_LIMITS = (
 
 #: a ``done`` frame's outcome fields (``ok``, ``error``) and body
 Outcome = tuple[dict[str, Any], bytes]
-
-
-def frame(header: dict[str, Any], body: bytes = b"") -> bytes:
-    return orjson.dumps(header) + b"\n" + body
-
-
-def unframe(data: bytes) -> tuple[dict[str, Any], bytes]:
-    head, _, body = data.partition(b"\n")
-    return orjson.loads(head), body
 
 
 def _left_processes() -> bool:
@@ -216,12 +208,12 @@ class ChildRunner:
 
     def __init__(
         self,
-        conn: Connection,
+        sock: socket.socket,
         catalog: dict[str, Task[Any]],
         cpu_seconds: int = 0,
         capture: FdCapture | None = None,
     ) -> None:
-        self.conn = conn
+        self.sock = sock
         self.catalog = catalog
         self.cpu_seconds = cpu_seconds
         self.capture = capture
@@ -236,7 +228,7 @@ class ChildRunner:
 
     def send(self, header: dict[str, Any], body: bytes = b"") -> None:
         with self._send_lock:
-            self.conn.send_bytes(frame(header, body))
+            send(self.sock, [frame(header, body)])
 
     def serve(self) -> None:
         """Run what the reader thread queues, in order, until the worker's end closes."""
@@ -264,30 +256,33 @@ class ChildRunner:
         """Frames from the worker, read while a task runs: ``run`` frames queue for the main
         thread; ``cancel`` (an async task) and ``recall`` (a queued task not started yet,
         answered with ``recalled``) take effect at once. ``(None, b"")`` ends the inbox."""
+        reader = FrameReader(self.sock.fileno())
         while True:
-            try:
-                header: dict[str, Any] | None
-                header, body = unframe(self.conn.recv_bytes())
-            except (EOFError, OSError):
+            frames = reader.read()
+            if frames is None:
                 self._inbox.put((None, b""))
                 return
-            kind = header["type"]
-            if kind == "run":
-                with self._inbox_lock:
-                    self._pending.add(header["id"])
-                self._inbox.put((header, body))
-            elif kind == "cancel":
-                future = self._running.pop(header["id"], None)
-                if future is not None:
-                    future.cancel()
-            elif kind == "recall":
-                with self._inbox_lock:
-                    found = header["id"] in self._pending
-                    if found:
-                        self._pending.discard(header["id"])
-                        self._recalled.add(header["id"])
-                with contextlib.suppress(OSError):
-                    self.send({"type": "recalled", "id": header["id"], "ok": found})
+            for data in frames:
+                self._take(*unframe(data))
+
+    def _take(self, header: dict[str, Any], body: bytes) -> None:
+        kind = header["type"]
+        if kind == "run":
+            with self._inbox_lock:
+                self._pending.add(header["id"])
+            self._inbox.put((header, body))
+        elif kind == "cancel":
+            future = self._running.pop(header["id"], None)
+            if future is not None:
+                future.cancel()
+        elif kind == "recall":
+            with self._inbox_lock:
+                found = header["id"] in self._pending
+                if found:
+                    self._pending.discard(header["id"])
+                    self._recalled.add(header["id"])
+            with contextlib.suppress(OSError):
+                self.send({"type": "recalled", "id": header["id"], "ok": found})
 
     def _event_loop(self) -> asyncio.AbstractEventLoop:
         if self._loop is None:
@@ -369,8 +364,8 @@ def _load(modules: list[str], spec: dict[str, Any]) -> dict[str, Task[Any]] | st
         )
 
 
-def child_main(conn: Connection, modules: list[str], spec: dict[str, Any] | None = None) -> None:
-    """Serve tasks on ``conn``: own process group, dies with its worker, isolated per ``spec``;
+def child_main(sock: socket.socket, modules: list[str], spec: dict[str, Any] | None = None) -> None:
+    """Serve tasks on ``sock``: own process group, dies with its worker, isolated per ``spec``;
     plain tasks' output goes to the capture file ``spec["log_fd"]`` when given."""
     spec = spec or {}
     _die_with_parent()
@@ -382,18 +377,18 @@ def child_main(conn: Connection, modules: list[str], spec: dict[str, Any] | None
     catalog = _load(modules, spec)
     if isinstance(catalog, str):
         with contextlib.suppress(OSError):  # the worker may have given up on us already
-            conn.send_bytes(frame({"type": "error", "message": catalog}))
+            send(sock, [frame({"type": "error", "message": catalog})])
         return
     keep_one_log_handler(handler)
-    conn.send_bytes(frame({"type": "ready", "pid": os.getpid()}))
-    ChildRunner(conn, catalog, int(spec.get("cpu_seconds") or 0), capture).serve()
+    send(sock, [frame({"type": "ready", "pid": os.getpid()})])
+    ChildRunner(sock, catalog, int(spec.get("cpu_seconds") or 0), capture).serve()
 
 
 def main(argv: list[str]) -> None:
     """``python -m sje.worker.child FD SYS_PATH_JSON SANDBOX_JSON MODULE...``, started by the
     worker's pool; SANDBOX_JSON is ``Isolation.child_spec``."""
     sys.path[:] = orjson.loads(argv[2])
-    child_main(Connection(int(argv[1])), argv[4:], orjson.loads(argv[3]))
+    child_main(socket.socket(fileno=int(argv[1])), argv[4:], orjson.loads(argv[3]))
 
 
 if __name__ == "__main__":

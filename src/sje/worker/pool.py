@@ -26,7 +26,6 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from multiprocessing.connection import Connection
 from typing import Any
 
 import orjson
@@ -37,8 +36,8 @@ from sje.models import TaskMessage
 from sje.worker import proctree
 from sje.worker.capture import CaptureFile, Log
 from sje.worker.cgroups import ChildCgroup
-from sje.worker.child import frame, unframe
 from sje.worker.sandbox import Isolation, TaskLimits, prepare
+from sje.worker.wire import FrameReader, frame, send, unframe
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +47,7 @@ _SWEEP_S = 0.1
 _WATCHDOG_EVERY = 5  # sweeps between two counts of each busy child's processes
 
 _QUEUED_BODY_MAX = 64 * 1024  # a larger task waits for an idle child: a send never blocks
+_READ_PAUSE_S = 0.001  # a child with tasks queued is read at most this often
 
 #: called with (child, header, body) for every frame a child sends, and with
 #: (child, None, b"") once when a child's pipe closes (it exited or was killed)
@@ -68,7 +68,7 @@ class Running:
 @dataclass(eq=False)
 class Child:
     process: subprocess.Popen[bytes]
-    conn: Connection
+    sock: socket.socket
     tasks: dict[str, Running] = field(default_factory=dict)
     is_async: bool = False
     draining: bool = False
@@ -78,6 +78,9 @@ class Child:
     cgroup: ChildCgroup | None = None
     has_leftovers: bool = False  # its tasks left processes behind: replace it
     capture: CaptureFile | None = None  # where its plain tasks' output goes
+    outgoing: list[bytes] = field(default_factory=list)  # frames for the next write
+    reader: FrameReader | None = None
+    paused: bool = False  # its frames are read a moment later, together
 
     @property
     def pid(self) -> int:
@@ -88,8 +91,17 @@ class Child:
         return self.capture.read() if self.capture is not None else None
 
     def send(self, header: dict[str, Any], body: bytes = b"") -> None:
-        with contextlib.suppress(OSError, ValueError):
-            self.conn.send_bytes(frame(header, body))
+        """Queue a frame; the frames queued while the event loop runs one step go in one write
+        at its end."""
+        self.outgoing.append(frame(header, body))
+        if len(self.outgoing) == 1:
+            asyncio.get_running_loop().call_soon(self.flush)
+
+    def flush(self) -> None:
+        frames, self.outgoing = self.outgoing, []
+        if frames and not self.is_closed:
+            with contextlib.suppress(OSError, ValueError):
+                send(self.sock, frames)
 
     @property
     def usable(self) -> bool:
@@ -172,36 +184,39 @@ class Pool:
         )
         self._own[process.pid] = None
         child_sock.close()
-        parent_end = Connection(parent_sock.detach())
+        reader = FrameReader(parent_sock.fileno())
         loop = asyncio.get_running_loop()
         ready: asyncio.Future[dict[str, Any]] = loop.create_future()
 
         def first_frame() -> None:
-            loop.remove_reader(parent_end.fileno())
-            try:
-                header, _ = unframe(parent_end.recv_bytes())
-            except (EOFError, OSError):
+            frames = reader.read()  # the child sends nothing more before it is given work
+            if frames == []:
+                return  # part of the frame: the rest follows
+            loop.remove_reader(parent_sock.fileno())
+            if frames:
+                header, _ = unframe(frames[0])
+            else:
                 header = {"type": "error", "message": f"exit code {process.wait()}"}
             if not ready.done():
                 ready.set_result(header)
 
-        loop.add_reader(parent_end.fileno(), first_frame)
+        loop.add_reader(parent_sock.fileno(), first_frame)
         try:
             header = await asyncio.wait_for(ready, _START_TIMEOUT_S)
         except asyncio.TimeoutError:
             header = {"type": "error", "message": f"not ready after {_START_TIMEOUT_S:.0f}s"}
         if header["type"] != "ready":
-            loop.remove_reader(parent_end.fileno())
-            Child(process, parent_end, cgroup=cgroup).kill()
+            loop.remove_reader(parent_sock.fileno())
+            Child(process, parent_sock, cgroup=cgroup).kill()
             process.wait()
             self._own.pop(process.pid, None)
             self._forget_cgroup(cgroup)
-            parent_end.close()
+            parent_sock.close()
             capture.close()
             raise WorkerError(f"A child process failed to start: {header['message']}")
-        child = Child(process, parent_end, cgroup=cgroup, capture=capture)
+        child = Child(process, parent_sock, cgroup=cgroup, capture=capture, reader=reader)
         self._own[process.pid] = child
-        loop.add_reader(parent_end.fileno(), self._readable, child)
+        loop.add_reader(parent_sock.fileno(), self._readable, child)
         return child
 
     def _new_cgroup(self, isolation: Isolation) -> ChildCgroup | None:
@@ -220,24 +235,41 @@ class Pool:
             self._stale_cgroups.append(cgroup)
 
     def _readable(self, child: Child) -> None:
-        try:
-            header, body = unframe(child.conn.recv_bytes())
-        except (EOFError, OSError):
+        """Handle every frame that has arrived from ``child``. A plain child with tasks queued
+        does not need an answer soon: it is read again only after ``_READ_PAUSE_S``, so a run of
+        short tasks costs the worker one wake-up per batch of outcomes, not one per task. Frames
+        wait in the socket, so a child that dies meanwhile still has its outcomes read first."""
+        frames = child.reader.read() if child.reader is not None else None
+        if frames is None:
             self._closed(child)
             return
-        self.on_frame(child, header, body)
+        for data in frames:
+            header, body = unframe(data)
+            self.on_frame(child, header, body)
+            if child.is_closed:
+                return
+        if not child.is_async and len(child.tasks) > 1 and not child.paused:
+            loop = asyncio.get_running_loop()
+            loop.remove_reader(child.sock.fileno())
+            child.paused = True
+            loop.call_later(_READ_PAUSE_S, self._resume, child)
+
+    def _resume(self, child: Child) -> None:
+        child.paused = False
+        if not child.is_closed:
+            asyncio.get_running_loop().add_reader(child.sock.fileno(), self._readable, child)
 
     def _closed(self, child: Child) -> None:
         if child.is_closed:
             return
         child.is_closed = True
-        asyncio.get_running_loop().remove_reader(child.conn.fileno())
+        asyncio.get_running_loop().remove_reader(child.sock.fileno())
         with contextlib.suppress(subprocess.TimeoutExpired):
             child.process.wait(timeout=1)
         if child.process.returncode is not None:
             self._own.pop(child.pid, None)
         self._forget_cgroup(child.cgroup)
-        child.conn.close()
+        child.sock.close()
         self.on_frame(child, None, b"")
         if child.capture is not None:
             child.capture.close()  # after on_frame: it reads what a dead child's task printed

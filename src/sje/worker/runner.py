@@ -45,7 +45,8 @@ T = TypeVar("T")
 
 _TIMER_S = 0.1
 _IDLE_BLOCK_S = 1.0
-_QUEUE_IN_CHILD_S = 0.005  # tasks shorter than this on average queue one deep in children
+_QUEUE_IN_CHILD_S = 0.005  # tasks shorter than this on average queue in busy children,
+_CHILD_QUEUE_MAX = 16  # up to this many per child (with the running one), about 5 ms of work
 _TIMERS_END_S = 5.0  # a heartbeat in flight at the stop may take this long to land
 _PREFETCH_WINDOW_S = 0.02  # run time a slot's prefetched tasks add up to, at most
 _PREFETCH_HOLD_S = 1.0  # a prefetched task waiting longer than this is handed back
@@ -285,11 +286,14 @@ class Worker:
             self._waiting.popleft()
 
     def _depth(self) -> int:
-        """Plain tasks a child holds at once: 2 (one queued behind the running one) while tasks
-        are very short and prefetch is on, so the child never waits for this process."""
+        """Plain tasks a child holds at once (the running one and those queued behind it): while
+        tasks are very short and prefetch is on, about ``_QUEUE_IN_CHILD_S`` of their average
+        run time, at least 2 and at most ``_CHILD_QUEUE_MAX``, so the child never waits for
+        this process; else 1."""
         run_time = self._run_time
-        short = self.settings.prefetch and run_time is not None and run_time < _QUEUE_IN_CHILD_S
-        return 2 if short else 1
+        if not self.settings.prefetch or run_time is None or run_time >= _QUEUE_IN_CHILD_S:
+            return 1
+        return min(_CHILD_QUEUE_MAX, max(2, int(_QUEUE_IN_CHILD_S / max(run_time, 1e-6))))
 
     # -- outcomes --------------------------------------------------------------------------
 
