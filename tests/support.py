@@ -21,6 +21,7 @@ import psutil
 import redis
 
 import sje
+from sje.broker.redis_events import expand_all
 
 ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
@@ -247,7 +248,7 @@ def start_worker(env: dict[str, str], *extra: str, tasks: str = "tests.apps.samp
 def events_of(r: redis.Redis, prefix: str, job_id: str) -> list[dict[str, Any]]:
     """Every event recorded for a job, oldest first, decoded."""
     raw: Any = r.xrange(f"{prefix}:job:{job_id}:ev")  # redis-py types replies as bytes | str
-    return [{k.decode(): v.decode() for k, v in fields.items()} for _id, fields in raw]
+    return [fields for _id, fields in expand_all(raw)]  # one event per task of a batch entry
 
 
 def event_kind(event: dict[str, Any]) -> str:

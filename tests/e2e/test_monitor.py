@@ -20,6 +20,7 @@ import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
+from sje.broker.redis_events import expand_all
 from sje.client import SSEParser
 from tests.support import Proc, api_client, auth, run_sje, start_monitor, wait_until
 
@@ -294,7 +295,7 @@ def check_one_job(api: httpx.Client, ran: Ran, r: redis.Redis, prefix: str) -> N
     assert (parked["total"], [t["index"] for t in parked["tasks"]]) == (4, ["1", "2"])
 
     raw: Any = r.xrange(f"{prefix}:job:{ran.alpha}:ev")
-    stored = [i.decode() for i, _f in raw]
+    stored = [i for i, _f in expand_all(raw)]  # one per task of an entry of several
     assert len(stored) == 2 + 2 * 5 + 1  # submitted, started, 5 x (started, succeeded), done
     timeline = get(api, f"/api/v1/jobs/{ran.alpha}/timeline")["events"]
     assert [e["id"] for e in timeline] == stored

@@ -941,6 +941,39 @@ def test_job_level_events_record_the_lifecycle(store: Store) -> None:
     run(store, scenario)
 
 
+def test_a_batch_of_tasks_gives_one_event_per_task_and_resumes_after_any(store: Store) -> None:
+    """A fetch and a store of several tasks at once (Redis writes each as one stream entry):
+    one task.started and one task.succeeded per task with its own fields, ids in order, and
+    reading after any event's id gives exactly the events after it."""
+    job = make_job({"task": "t", "inputs": [1, 2, 3]})
+
+    async def scenario(b: Broker) -> None:
+        await submit_ok(b, job)
+        got = await b.fetch(W1, ["default"], 3, LONG_LEASE)
+        done = [(m.id, b"1") for m in got]
+        statuses, _ = await b.complete_many(W1, done, 0, ["default"], LONG_LEASE)
+        assert statuses == ["ok"] * 3
+        events = await b.events(job.id, "0", None)
+        task_events = [f for _i, f in events if f["type"].startswith("task.")]
+        assert [(f["type"], f["task"], f["attempt"], f["worker"]) for f in task_events] == [
+            *[("task.started", str(i), "1", W1) for i in range(3)],
+            *[("task.succeeded", str(i), "1", W1) for i in range(3)],
+        ]
+        for f in task_events:
+            timing = "wait_ms" if f["type"] == "task.started" else "duration_ms"
+            assert set(f) == {"type", "task", "attempt", "worker", timing}
+            assert f[timing].isdigit()
+        ids = [i for i, _f in events]
+        assert len(set(ids)) == len(ids)
+        assert ids == sorted(ids, key=lambda i: tuple(int(p) for p in i.split("-")))
+        for cut, (event_id, _f) in enumerate(events):
+            assert await b.events(job.id, event_id, None) == events[cut + 1 :]
+        assert await b.views.timeline(job.id, 4) == events[-4:]
+        assert await b.views.timeline(job.id, 100) == events
+
+    run(store, scenario)
+
+
 def test_events_wait_for_the_next_event_of_the_job(store: Store) -> None:
     job = make_job({"task": "t", "inputs": [1]})
 

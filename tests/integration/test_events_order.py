@@ -18,6 +18,7 @@ import httpx
 import redis
 
 import sje
+from sje.broker.redis_events import expand_all
 from sje.client import SSEParser
 from sje.events import event_view
 from tests.support import Proc, api_client, auth, wait_until
@@ -29,14 +30,14 @@ Event = dict[str, Any]
 
 
 def stored(r: redis.Redis, prefix: str, job_id: str) -> list[tuple[str, dict[str, str]]]:
-    """The job's stored stream, oldest first: (id, fields)."""
+    """The job's stored stream, oldest first, one (id, fields) per event: an entry holding the
+    same event of several tasks is one event per task (see ``sje.broker.redis_events``)."""
     raw: Any = r.xrange(f"{prefix}:job:{job_id}:ev")  # redis-py types replies as a union
-    return [(i.decode(), {k.decode(): v.decode() for k, v in f.items()}) for i, f in raw]
+    return expand_all(raw)
 
 
-def order_key(event_id: str) -> tuple[int, int]:
-    ms, _, seq = event_id.partition("-")
-    return int(ms), int(seq)
+def order_key(event_id: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in event_id.split("-"))
 
 
 def with_ids(events: list[Event]) -> list[Event]:

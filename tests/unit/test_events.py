@@ -11,8 +11,9 @@ SRC = ROOT / "src" / "sje"
 
 
 def emitted_types() -> set[str]:
-    """Event types written by the Lua scripts and by Python (``_event(pipe, "type", ...)``)."""
-    lua_literal = re.compile(r"_event\((?:[^,()']*,\s*)?'((?:job|task|worker)\.[a-z_]+)'")
+    """Event types written by the Lua scripts (``job_event``, ``task_events``, ...) and by Python
+    (``_event(pipe, "type", ...)``)."""
+    lua_literal = re.compile(r"_events?\((?:[^,()']*,\s*)?'((?:job|task|worker)\.[a-z_]+)'")
     # types built from a state: 'job.' .. state / 'task.' .. state
     lua_built = re.compile(r"_event\((?:[^,()']*,\s*)?'(job|task)\.' \.\. ")
     python = re.compile(r'_event\(\s*pipe,\s*"((?:job|task|worker)\.[a-z_]+)"')

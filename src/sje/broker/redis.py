@@ -32,6 +32,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from sje.broker.base import SUBMIT_HOLD_S, NewJob, SubmitOutcome
 from sje.broker.redis_dlq import RedisDeadLetters
+from sje.broker.redis_events import expand_all, resume_point
 from sje.broker.redis_logs import RedisTaskLogs
 from sje.broker.redis_views import RedisViews
 from sje.errors import BrokerError
@@ -393,13 +394,14 @@ class RedisBroker:
         """Events after stream id ``after``, all or ``job_level`` only; waits up to
         ``block_ms`` for one to arrive (None: not at all)."""
         stream = self.key("job", job_id, "jev" if job_level else "ev")
+        after, skip = resume_point(after)
+        rest: list[tuple[str, dict[str, str]]] = []
         with self.guard():
-            reply = await self.client.xread({stream: after}, count=EVENTS_PAGE, block=block_ms)
-        out = []
-        for _stream, entries in reply or []:
-            for entry_id, fields in entries:
-                out.append((entry_id.decode(), {k.decode(): v.decode() for k, v in fields.items()}))
-        return out
+            if skip:  # within an entry of several tasks' events: the rest of it first
+                rest = expand_all(await self.client.xrange(stream, after, after))[skip:]
+            block = None if rest else block_ms
+            reply = await self.client.xread({stream: after}, count=EVENTS_PAGE, block=block)
+        return rest + [event for _stream, entries in reply or [] for event in expand_all(entries)]
 
     async def depth(self, queue: str) -> int:
         with self.guard():

@@ -13,6 +13,7 @@ import orjson
 
 from sje.broker import views_shape as shape
 from sje.broker.base import JobQuery, Snapshot
+from sje.broker.redis_events import expand_all
 from sje.events import SLOT_S
 from sje.models import JobState
 
@@ -202,9 +203,7 @@ class RedisViews:
         """The newest ``limit`` events of a job, oldest first."""
         with self._b.guard():
             raw = await self._r.xrevrange(self._k("job", job_id, "ev"), count=limit)
-        return [
-            (i.decode(), {k.decode(): v.decode() for k, v in f.items()}) for i, f in reversed(raw)
-        ]
+        return expand_all(list(reversed(raw)))[-limit:] if limit > 0 else []
 
     async def global_events(
         self, after: str, block_ms: int | None, count: int = 1000

@@ -81,6 +81,7 @@ def parse_event_id(text: str) -> int:
     """The stored form of an event id ``<ms>`` or ``<ms>-<n>`` (as Redis reads it: ``<ms>``
     means ``<ms>-0``); reads return events strictly after it."""
     ms, _, n = text.partition("-")
+    n = n.partition("-")[0]  # a Redis backend's id within an entry: its entry's
     try:
         value = int(ms) * EID_SEQ + min(int(n or 0), EID_SEQ - 1)
     except ValueError:

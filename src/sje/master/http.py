@@ -14,7 +14,7 @@ from starlette.responses import Response
 from sje.errors import InvalidRequest, QueueFull, RequestTooLarge, SJEError
 
 #: a Redis stream entry id, as events carry it
-EVENT_ID = re.compile(r"[0-9]{1,19}(-[0-9]{1,19})?")
+EVENT_ID = re.compile(r"[0-9]{1,19}(-[0-9]{1,19}){0,2}")  # <ms>[-<seq>[-<j>]]
 #: the largest offset a paged route accepts (Redis ranges are 64-bit)
 MAX_OFFSET = 1_000_000_000_000
 

@@ -37,15 +37,66 @@ local function score(prio, seq)
   return (9 - tonumber(prio)) * 1e13 + seq
 end
 
+-- A job's stream (:ev) keeps about its newest EVENTS_MAXLEN events. An entry may hold several
+-- (see task_events), so the job hash counts them (ev_n) and, once EVENTS_SLACK over, the
+-- oldest entries go (XTRIM MINID) until EVENTS_MAXLEN are left.
+local EVENTS_SLACK = 1000
+local function trim_events(jid, added)
+  local over = redis.call('HINCRBY', jkey(jid), 'ev_n', added) - tonumber(EVENTS_MAXLEN)
+  if over <= EVENTS_SLACK then return end
+  local stream, dropped, start, keep = jkey(jid, ':ev'), 0, '-', nil
+  while dropped < over and keep == nil do
+    local entries = redis.call('XRANGE', stream, start, '+', 'COUNT', 500)
+    if #entries == 0 then break end
+    for _, entry in ipairs(entries) do
+      if dropped >= over then
+        keep = entry[1]
+        break
+      end
+      local f = entry[2]
+      dropped = dropped + ((f[3] == 'n') and tonumber(f[4]) or 1)
+      start = '(' .. entry[1]
+    end
+  end
+  if keep then
+    redis.call('XTRIM', stream, 'MINID', keep)
+  else
+    redis.call('DEL', stream)
+  end
+  redis.call('HINCRBY', jkey(jid), 'ev_n', -dropped)
+end
+
 -- Every event goes to the job's stream (:ev); job-level ones also to :jev, which is what
 -- waiting clients follow, so they need not read one event per task.
 local function job_event(jid, etype, fields)
-  local args = {'XADD', jkey(jid, ':ev'), 'MAXLEN', '~', EVENTS_MAXLEN, '*', 'type', etype}
+  local args = {'XADD', jkey(jid, ':ev'), '*', 'type', etype}
   for _, v in ipairs(fields) do args[#args + 1] = v end
   redis.call(unpack(args))
+  trim_events(jid, 1)
   if string.sub(etype, 1, 4) == 'job.' then
     args[2] = jkey(jid, ':jev')
+    table.insert(args, 3, 'MAXLEN')
+    table.insert(args, 4, '~')
+    table.insert(args, 5, EVENTS_MAXLEN)
     redis.call(unpack(args))
+  end
+end
+
+-- The same event for the tasks ``idxs`` of one job: per task its attempt and the value of the
+-- field ``name`` (wait_ms, duration_ms), the worker the same for all. One task: an ordinary
+-- entry. k > 1: one entry 'type', etype, 'n', k, 'each', 'task,attempt,<name>', then those
+-- fields as k values joined by ',', and 'worker' once; readers expand it into k events in
+-- order (sje.broker.redis_events).
+local function task_events(jid, etype, idxs, attempts, worker, name, values)
+  local k = #idxs
+  if k == 1 then
+    job_event(jid, etype, {'task', idxs[1], 'attempt', attempts[1], 'worker', worker, name,
+      values[1]})
+  elseif k > 1 then
+    redis.call('XADD', jkey(jid, ':ev'), '*', 'type', etype, 'n', k,
+      'each', 'task,attempt,' .. name, 'task', table.concat(idxs, ','),
+      'attempt', table.concat(attempts, ','), 'worker', worker, name, table.concat(values, ','))
+    trim_events(jid, k)
   end
 end
 

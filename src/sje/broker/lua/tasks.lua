@@ -52,7 +52,7 @@ local function lease_group(wid, lease_ms, jid, g, job, queue, now, stats, out)
   local set_att, set_t = {'HSET', jkey(jid, ':att')}, {'HSET', jkey(jid, ':t')}
   local set_w, set_st = {'HSET', jkey(jid, ':w')}, {'HSET', jkey(jid, ':st')}
   local leases, owners = {'ZADD', P .. ':leases'}, {'HSET', P .. ':owner'}
-  local started = {}
+  local attempts, waits = {}, {}
   for j, idx in ipairs(idxs) do
     local member, attempt = g.members[j], tonumber(atts[j] or '0') + 1
     local wait = math.max(0, now - (tonumber(readys[j] or '') or tonumber(job[11])))
@@ -69,7 +69,8 @@ local function lease_group(wid, lease_ms, jid, g, job, queue, now, stats, out)
     out[at - 2] = member
     out[at - 1] = cjson.encode({task, kind, attempt, job[4], job[5], job[6], job[7]})
     out[at] = payload or ''
-    started[j] = {'task', idx, 'attempt', attempt, 'worker', wid, 'wait_ms', wait}
+    attempts[j] = attempt
+    waits[j] = wait
   end
   for _, args in ipairs({set_att, set_t, set_w, set_st, leases, owners}) do
     redis.call(unpack(args))
@@ -82,7 +83,7 @@ local function lease_group(wid, lease_ms, jid, g, job, queue, now, stats, out)
     job_event(jid, 'job.started', {})
     global_event('job.started', {'job', jid})
   end
-  for _, fields in ipairs(started) do job_event(jid, 'task.started', fields) end
+  task_events(jid, 'task.started', idxs, attempts, wid, 'wait_ms', waits)
 end
 
 -- Pops up to n runnable tasks (queues in the order given, each by priority then age), leases
@@ -171,7 +172,7 @@ local function complete_group(wid, jid, g, results, now, stats, status)
   local starts = redis.call('HMGET', jkey(jid, ':t'), unpack(idxs))
   local atts = redis.call('HMGET', jkey(jid, ':att'), unpack(idxs))
   local set_st, set_res, set_d = {'HSET', jkey(jid, ':st')}, {'HSET', jkey(jid, ':res')}, {}
-  local events = {}
+  local attempts, durs = {}, {}
   for j, idx in ipairs(idxs) do
     push2(set_st, idx, 'succeeded')
     push2(set_res, idx, values[j])
@@ -181,14 +182,14 @@ local function complete_group(wid, jid, g, results, now, stats, status)
       push2(set_d, idx, dur)
       observe(stats, 'dur', queue, dur)
     end
-    events[j] = {'task', idx, 'attempt', atts[j] or '0', 'worker', wid,
-      'duration_ms', math.max(dur, 0)}
+    attempts[j] = atts[j] or '0'
+    durs[j] = math.max(dur, 0)
   end
   redis.call(unpack(set_st))
   redis.call(unpack(set_res))
   if #set_d > 0 then redis.call('HSET', jkey(jid, ':d'), unpack(set_d)) end
   count_outcome(stats, queue, 'succeeded', now, m)
-  for _, fields in ipairs(events) do job_event(jid, 'task.succeeded', fields) end
+  task_events(jid, 'task.succeeded', idxs, attempts, wid, 'duration_ms', durs)
   if seen['r'] then
     finish_job(jid, 'succeeded', now, nil)
   elseif redis.call('HINCRBY', jk, 'remaining', -m) == 0 then
