@@ -1829,10 +1829,32 @@ def test_job_ends_are_read_from_a_position_and_nothing_else_is(store: Store) -> 
         await b.cancel(cancelled)
 
         after, ended = await b.views.job_ends(mark, 1000)
-        assert ended == [done, cancelled]  # submits and starts are not job ends
+        assert [e.job_id for e in ended] == [done, cancelled]  # not submits, not starts
         assert after == await b.views.last_job_end()
         assert await b.views.job_ends(after, 50) == (after, [])  # waited 50 ms for one
-        assert (await b.views.job_ends("0-0", 1000))[1] == [early, done, cancelled]
+        every = (await b.views.job_ends("0-0", 1000))[1]
+        assert [e.job_id for e in every] == [early, done, cancelled]
+        # what an end carries (a backend may carry nothing) is what a read would give
+        for end in every:
+            stored = await b.job(end.job_id)
+            assert end.record is None or end.record == stored
+        assert ended[1].record is None and ended[1].value is None  # only successes carry
+
+    run(store, scenario)
+
+
+def test_the_end_of_an_args_job_may_carry_its_record_and_value(store: Store) -> None:
+    async def scenario(b: Broker) -> None:
+        mark = await b.views.last_job_end()
+        jid = await submit(b, {"task": "t", "args": [7]})
+        (m,) = await eventually(lambda: b.fetch(W1, ["default"], 1, LONG_LEASE), "a task")
+        assert await b.complete(m.id, W1, b'{"v": 49}') == "ok"
+        _, (end,) = await b.views.job_ends(mark, 1000)
+        assert end.job_id == jid
+        if end.record is not None:
+            assert end.record == await b.job(jid)
+            assert end.record["state"] == "succeeded"
+            assert end.value == b'{"v": 49}' == (await b.results(jid, 0, 1))[0]
 
     run(store, scenario)
 

@@ -111,3 +111,25 @@ def test_unreachable_redis_raises_broker_error_naming_the_address(prefix: str) -
             await b.fetch(W1, ["default"], 1, LONG_LEASE)
 
     run("redis://127.0.0.1:1/0", prefix, scenario)
+
+
+def test_a_succeeded_job_end_carries_its_record_and_small_value_but_not_a_large_one(
+    redis_url: str, prefix: str
+) -> None:
+    """``P:ends``: a waiting request answers from the entry; a value over 16 KiB is read."""
+    small, large = make_job({"task": "t", "args": [1]}), make_job({"task": "t", "args": [2]})
+
+    async def scenario(b: RedisBroker) -> None:
+        mark = await b.views.last_job_end()
+        for job, value in ((small, b"[1,2]"), (large, b'"' + b"x" * 20_000 + b'"')):
+            await submit_ok(b, job)
+            (message,) = await b.fetch(W1, ["default"], 1, LONG_LEASE)
+            assert await b.complete(message.id, W1, value) == "ok"
+        _, ends = await b.views.job_ends(mark, 1000)
+        assert [e.job_id for e in ends] == [small.id, large.id]
+        for end in ends:
+            assert end.record == await b.job(end.job_id)
+        assert ends[0].value == b"[1,2]"
+        assert ends[1].value is None
+
+    run(redis_url, prefix, scenario)

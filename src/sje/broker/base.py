@@ -50,6 +50,17 @@ class JobQuery:
     id_prefix: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class JobEnd:
+    """A job that ended; a backend may carry what a waiting request answers with, so that it
+    need not read it: the ended job's record and its value (an ``args`` call's result, or a
+    reduce step's output). ``None``: not carried (read it)."""
+
+    job_id: str
+    record: dict[str, str] | None = None
+    value: bytes | None = None
+
+
 @dataclass
 class Snapshot:
     """The counters and gauges ``/metrics`` shows, read in one go."""
@@ -227,10 +238,10 @@ class MonitorViews(Protocol):
 
     async def last_event_id(self) -> str: ...
 
-    async def job_ends(self, after: str, block_ms: int) -> tuple[str, list[str]]:
-        """The ids of the jobs that ended after position ``after``, oldest first, and the
-        position to read on from; waits up to ``block_ms`` for one. What requests waiting for
-        jobs follow."""
+    async def job_ends(self, after: str, block_ms: int) -> tuple[str, list[JobEnd]]:
+        """The jobs that ended after position ``after``, oldest first, and the position to
+        read on from; waits up to ``block_ms`` for one. What requests waiting for jobs
+        follow."""
         ...
 
     async def last_job_end(self) -> str:

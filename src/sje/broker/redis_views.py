@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from sje.broker import views_shape as shape
-from sje.broker.base import JobQuery, Snapshot
+from sje.broker.base import JobEnd, JobQuery, Snapshot
 from sje.broker.redis_events import expand_all
 from sje.events import SLOT_S
 from sje.models import JobState
@@ -219,13 +219,15 @@ class RedisViews:
     async def last_event_id(self) -> str:
         return await self._last_id("events")
 
-    async def job_ends(self, after: str, block_ms: int) -> tuple[str, list[str]]:
+    async def job_ends(self, after: str, block_ms: int) -> tuple[str, list[JobEnd]]:
+        """``P:ends``: a succeeded job's entry carries its record (``rec``, the job hash as a
+        JSON list of names and values) and a small value (``val``), see ``finish_job``."""
         with self._b.guard():
             reply = await self._r.xread({self._k("ends"): after}, count=1000, block=block_ms)
         entries = [entry for _stream, batch in reply or [] for entry in batch]
         if not entries:
             return after, []
-        return entries[-1][0].decode(), [fields[b"job"].decode() for _, fields in entries]
+        return entries[-1][0].decode(), [_job_end(fields) for _, fields in entries]
 
     async def last_job_end(self) -> str:
         return await self._last_id("ends")
@@ -305,3 +307,13 @@ class RedisViews:
             label = _s(name) or _s(task)
             rows.append(shape.peek_row(member, score, ready.get(member), label, now_ms))
         return rows
+
+
+def _job_end(fields: dict[bytes, bytes]) -> JobEnd:
+    job_id = fields[b"job"].decode()
+    try:
+        pairs = orjson.loads(fields[b"rec"]) if b"rec" in fields else None
+    except orjson.JSONDecodeError:  # not text: the waiting request reads the record instead
+        return JobEnd(job_id)
+    record = dict(zip(pairs[::2], pairs[1::2], strict=True)) if pairs else None
+    return JobEnd(job_id, record, fields.get(b"val") if record is not None else None)

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from sje.broker import views_shape as shape
-from sje.broker.base import JobQuery, Snapshot
+from sje.broker.base import JobEnd, JobQuery, Snapshot
 from sje.broker.sqlite_tx import (
     JOB_COLUMNS,
     LIVE,
@@ -185,13 +185,14 @@ class SQLiteViews:
         (eid,) = await self._b.read(lambda tx: tx.one("SELECT max(eid) FROM global_events"))
         return "0-0" if eid is None else event_id(eid)
 
-    async def job_ends(self, after: str, block_ms: int) -> tuple[str, list[str]]:
+    async def job_ends(self, after: str, block_ms: int) -> tuple[str, list[JobEnd]]:
         """The job ends among the global events (in a file, one more stream would cost a
-        write per job and save no read)."""
+        write per job and save no read; a waiting request reads the record it needs)."""
         events = await self.global_events(after, block_ms)
         if not events:
             return after, []
-        return events[-1][0], [f["job"] for _, f in events if f.get("type") in _JOB_ENDS]
+        ended = [JobEnd(f["job"]) for _, f in events if f.get("type") in _JOB_ENDS]
+        return events[-1][0], ended
 
     async def last_job_end(self) -> str:
         return await self.last_event_id()

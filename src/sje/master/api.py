@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from sje.broker.base import Broker, NewJob, SubmitOutcome
+from sje.broker.base import Broker, JobEnd, NewJob, SubmitOutcome
 from sje.broker.redis import EVENTS_PAGE
 from sje.config import MasterSettings
 from sje.errors import (
@@ -208,21 +208,25 @@ class Api:
         return json_response(body, 200 if duplicate else 201)
 
     async def _final_after(
-        self, job_id: str, ended: asyncio.Future[None], wait: float, checked: bool
+        self, job_id: str, ended: asyncio.Future[JobEnd | None], wait: float, checked: bool
     ) -> dict[str, Any] | None:
         """The final record of a stored job that ends within ``wait`` s, else None; with
         ``checked`` its state is read first (it may have ended before ``ended`` was set up).
-        Never raises: the job is stored, so the reply must say so (the client then follows
-        its events)."""
+        What the job end carries is not read again. Never raises: the job is stored, so the
+        reply must say so (the client then follows its events)."""
         try:
             raw = await self.broker.job(job_id) if checked else None
+            end = None
             if raw is None or not is_terminal(raw):
                 with contextlib.suppress(asyncio.TimeoutError):  # not TimeoutError on 3.10
-                    await asyncio.wait_for(asyncio.shield(ended), wait)
-                raw = await self.broker.job(job_id)
+                    end = await asyncio.wait_for(asyncio.shield(ended), wait)
+                if end is not None and end.record is not None:
+                    raw = end.record
+                else:
+                    raw = await self.broker.job(job_id)
             if raw is None or not is_terminal(raw):
                 return None
-            return await self._final_view(job_id, raw)
+            return await self._final_view(job_id, raw, end.value if end is not None else None)
         except SJEError as exc:
             log.warning("job %s: answered without its outcome: %s", job_id, exc)
             return None
@@ -242,12 +246,15 @@ class Api:
             }
         return view
 
-    async def _final_view(self, job_id: str, raw: dict[str, str]) -> dict[str, Any]:
-        """An ended job's whole record, with the value of a job that has one (args, reduce):
-        waiting clients need nothing more."""
+    async def _final_view(
+        self, job_id: str, raw: dict[str, str], value: bytes | None = None
+    ) -> dict[str, Any]:
+        """An ended job's whole record, with the value of a job that has one (args, reduce),
+        read unless given: waiting clients need nothing more."""
         final = await self._full_view(job_id, raw, errors=False)
         if raw["state"] == "succeeded" and (raw.get("reduce") or raw["kind"] == "call"):
-            value = await self._value(job_id, bool(raw.get("reduce")))
+            if value is None:
+                value = await self._value(job_id, bool(raw.get("reduce")))
             final["result"] = orjson.Fragment(value or b"null")
         return final
 

@@ -15,7 +15,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Iterable
 
-from sje.broker.base import MonitorViews
+from sje.broker.base import JobEnd, MonitorViews
 from sje.errors import SJEError
 
 log = logging.getLogger(__name__)
@@ -25,19 +25,19 @@ _BLOCK_MS = 1000  # one read waits this long at most: a reader with no waiters s
 
 class JobEnds:
     """``async with ends.watching(job_id) as ended:`` then ``await ended`` (with a timeout):
-    done once a job end was read after the ``async with`` began (or the reader failed: the
-    caller reads the job's state after it either way)."""
+    done once a job end was read after the ``async with`` began, with that ``JobEnd`` (or
+    ``None`` when the reader failed: the caller then reads the job's state)."""
 
     def __init__(self, views: MonitorViews) -> None:
         self._views = views
-        self._waiters: dict[str, set[asyncio.Future[None]]] = {}
+        self._waiters: dict[str, set[asyncio.Future[JobEnd | None]]] = {}
         self._reader: asyncio.Task[None] | None = None
         self._started: asyncio.Future[None] | None = None
 
     @contextlib.asynccontextmanager
-    async def watching(self, job_id: str) -> AsyncIterator[asyncio.Future[None]]:
+    async def watching(self, job_id: str) -> AsyncIterator[asyncio.Future[JobEnd | None]]:
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[None] = loop.create_future()
+        future: asyncio.Future[JobEnd | None] = loop.create_future()
         self._waiters.setdefault(job_id, set()).add(future)
         try:
             if self._reader is None:
@@ -66,19 +66,19 @@ class JobEnds:
             started.set_result(None)
             while self._waiters:
                 after, ended = await views.job_ends(after, _BLOCK_MS)
-                for job_id in ended:
-                    self._wake(self._waiters.get(job_id, ()))
+                for end in ended:
+                    self._wake(self._waiters.get(end.job_id, ()), end)
         except SJEError as exc:
             log.warning("requests waiting for jobs answered without the outcome: %s", exc)
             for waiting in self._waiters.values():
-                self._wake(waiting)
+                self._wake(waiting, None)
         finally:
             if not started.done():
                 started.set_result(None)
             self._reader = None
 
     @staticmethod
-    def _wake(futures: Iterable[asyncio.Future[None]]) -> None:
+    def _wake(futures: Iterable[asyncio.Future[JobEnd | None]], end: JobEnd | None) -> None:
         for future in futures:
             if not future.done():
-                future.set_result(None)
+                future.set_result(end)

@@ -192,6 +192,32 @@ local function drop_pending(jid)
   redis.call('ZREM', P .. ':delayed', jid .. ':r')
 end
 
+-- The P:ends entry of a job that ended: its id; for a succeeded job also its record ('rec',
+-- the job hash as a JSON list of names and values) and its value ('val': an args call's result
+-- or the reduce output, up to ENDS_VALUE_MAX bytes), so that a waiting request reads nothing.
+local ENDS_VALUE_MAX = 16384
+local function job_end_entry(jid, state)
+  local args = {'XADD', P .. ':ends', 'MAXLEN', '~', '10000', '*', 'job', jid}
+  if state ~= 'succeeded' then return args end
+  local rec = redis.call('HGETALL', jkey(jid))
+  local kind, reduce = nil, nil
+  for i = 1, #rec, 2 do
+    if rec[i] == 'kind' then kind = rec[i + 1] elseif rec[i] == 'reduce' then reduce = rec[i + 1] end
+  end
+  args[#args + 1] = 'rec'
+  args[#args + 1] = cjson.encode(rec)
+  local idx = nil
+  if reduce and reduce ~= '' then idx = 'r' elseif kind == 'call' then idx = '0' end
+  if idx then
+    local value = redis.call('HGET', jkey(jid, ':res'), idx)
+    if value and #value <= ENDS_VALUE_MAX then
+      args[#args + 1] = 'val'
+      args[#args + 1] = value
+    end
+  end
+  return args
+end
+
 -- Move a job to a terminal state: unfinished task counts become cancelled, keys get the TTL.
 local function finish_job(jid, state, now, err)
   local jk = jkey(jid)
@@ -210,7 +236,7 @@ local function finish_job(jid, state, now, err)
   redis.call('HINCRBY', P .. ':stats', 'jobs|' .. state, 1)
   job_event(jid, 'job.' .. state, {'state', state})
   global_event('job.' .. state, {'job', jid, 'state', state})
-  redis.call('XADD', P .. ':ends', 'MAXLEN', '~', '10000', '*', 'job', jid)
+  redis.call(unpack(job_end_entry(jid, state)))
   local f = redis.call('HMGET', jk, 'result_ttl_ms', 'idem')
   local ttl = tonumber(f[1])
   for _, s in ipairs(SUFFIXES) do redis.call('PEXPIRE', jkey(jid, s), ttl) end
