@@ -204,9 +204,9 @@ class Worker:
                 self._reserved -= free
             for message in messages:
                 self._start(message)
-            if not messages:
-                if self.burst and self._is_idle():
-                    return
+            if not messages and self.burst and self._is_idle():
+                return
+            if len(messages) < free:  # the queues are empty: a task queued later wakes us
                 await self._idle_wait()
 
     def _claimable(self) -> int:
