@@ -99,3 +99,28 @@ def test_outcomes_sent_before_a_child_dies_are_read_before_its_death() -> None:
             await pool.stop()
 
     asyncio.run(scenario())
+
+
+def test_tasks_queued_in_a_child_are_bounded_by_their_bodies_total_size() -> None:
+    """Queued bodies must fit in the socket's buffer, or a send to a child busy in a task that
+    holds the GIL would block the worker's event loop."""
+
+    async def scenario() -> None:
+        pool = Pool([TASKS], 1, 10, 0, lambda child, header, _body: None)
+        await pool.start()
+        try:
+            body = b"1" + b" " * (40 * 1024)  # valid JSON: 1
+            assert pool.place(message(1), is_async=False, body=body, depth=16)  # runs
+            assert pool.place(message(2), is_async=False, body=body, depth=16)  # queued: 40 KiB
+            assert not pool.place(message(3), is_async=False, body=body, depth=16)  # 80 > 64
+            assert pool.place(message(4), is_async=False, body=b"4", depth=16)  # small: fits
+            (child,) = pool.children
+            assert [(tid, r.queued) for tid, r in child.tasks.items()] == [
+                ("job:1", False),
+                ("job:2", True),
+                ("job:4", True),
+            ]
+        finally:
+            await pool.stop()
+
+    asyncio.run(scenario())

@@ -46,7 +46,9 @@ _ASYNC_KILL_GRACE_S = 5.0
 _SWEEP_S = 0.1
 _WATCHDOG_EVERY = 5  # sweeps between two counts of each busy child's processes
 
-_QUEUED_BODY_MAX = 64 * 1024  # a larger task waits for an idle child: a send never blocks
+#: the bodies of the tasks queued in one child add up to this at most (a larger task waits for
+#: an idle child), so they fit in the socket's buffer: a send to a busy child never blocks
+_QUEUED_BODY_MAX = 64 * 1024
 _READ_PAUSE_S = 0.001  # a child with tasks queued is read at most this often
 
 #: called with (child, header, body) for every frame a child sends, and with
@@ -61,6 +63,7 @@ class Running:
     deadline: float | None  # monotonic seconds
     started: float = field(default_factory=time.monotonic)
     queued: bool = False  # sent to a busy plain child: it starts when the one before ends
+    size: int = 0  # of its body
     aborted: bool = False  # no longer ours while queued: its outcome is ignored
     recalling: bool = False  # asked back from its child (see Pool.recall)
 
@@ -377,8 +380,8 @@ class Pool:
         worker in between); its deadline starts then.
         """
         child, queued = self._pick(is_async), False
-        if child is None and not is_async and depth > 1 and len(body) <= _QUEUED_BODY_MAX:
-            child = self._pick_queue(depth)
+        if child is None and not is_async and depth > 1:
+            child = self._pick_queue(depth, len(body))
             queued = child is not None
         if child is None:
             if not is_async:
@@ -390,13 +393,20 @@ class Pool:
             child.draining = True
         now = time.monotonic()
         deadline = None if queued else _deadline(message, now)
-        child.tasks[message.id] = Running(message, is_async, deadline, now, queued=queued)
+        child.tasks[message.id] = Running(
+            message, is_async, deadline, now, queued=queued, size=len(body)
+        )
         child.send(_run_header(message), body)
         return True
 
-    def _pick_queue(self, depth: int) -> Child | None:
+    def _pick_queue(self, depth: int, size: int) -> Child | None:
         busy = [
-            c for c in self.children if c.usable and not c.is_async and 0 < len(c.tasks) < depth
+            c
+            for c in self.children
+            if c.usable
+            and not c.is_async
+            and 0 < len(c.tasks) < depth
+            and size + sum(r.size for r in c.tasks.values() if r.queued) <= _QUEUED_BODY_MAX
         ]
         return min(busy, key=lambda c: len(c.tasks)) if busy else None
 
