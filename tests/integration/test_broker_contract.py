@@ -1811,6 +1811,8 @@ def test_global_events_resume_after_an_id(store: Store) -> None:
         assert await b.views.last_event_id() == everything[-1][0]
         assert await b.views.global_events(everything[-1][0], None) == []
         assert await b.views.global_events(everything[-1][0], 50) == []  # waited 50 ms
+        # an id within an entry of several events (a job stream's, on Redis): after that entry
+        assert await b.views.global_events(f"{everything[0][0]}-0", None) == everything[1:]
 
     run(store, scenario)
 

@@ -13,7 +13,7 @@ import orjson
 
 from sje.broker import views_shape as shape
 from sje.broker.base import JobEnd, JobQuery, Snapshot
-from sje.broker.redis_events import expand_all
+from sje.broker.redis_events import expand_all, resume_point
 from sje.events import SLOT_S
 from sje.models import JobState
 
@@ -208,6 +208,7 @@ class RedisViews:
     async def global_events(
         self, after: str, block_ms: int | None, count: int = 1000
     ) -> list[tuple[str, dict[str, str]]]:
+        after, _ = resume_point(after)  # an id within an entry of a job's stream: after it
         with self._b.guard():
             reply = await self._r.xread({self._k("events"): after}, count=count, block=block_ms)
         return [
