@@ -13,7 +13,7 @@ import orjson
 
 from sje.broker import views_shape as shape
 from sje.broker.base import JobEnd, JobQuery, Snapshot
-from sje.broker.redis_events import expand_all, resume_point
+from sje.broker.redis_events import decode, expand_all, resume_point
 from sje.events import SLOT_S
 from sje.models import JobState
 
@@ -211,11 +211,7 @@ class RedisViews:
         after, _ = resume_point(after)  # an id within an entry of a job's stream: after it
         with self._b.guard():
             reply = await self._r.xread({self._k("events"): after}, count=count, block=block_ms)
-        return [
-            (i.decode(), {k.decode(): v.decode() for k, v in f.items()})
-            for _stream, entries in reply or []
-            for i, f in entries
-        ]
+        return [(i.decode(), decode(f)) for _stream, entries in reply or [] for i, f in entries]
 
     async def last_event_id(self) -> str:
         return await self._last_id("events")

@@ -72,6 +72,7 @@ class Running:
 class Child:
     process: subprocess.Popen[bytes]
     sock: socket.socket
+    reader: FrameReader  # of ``sock``
     tasks: dict[str, Running] = field(default_factory=dict)
     is_async: bool = False
     draining: bool = False
@@ -82,7 +83,6 @@ class Child:
     has_leftovers: bool = False  # its tasks left processes behind: replace it
     capture: CaptureFile | None = None  # where its plain tasks' output goes
     outgoing: list[bytes] = field(default_factory=list)  # frames for the next write
-    reader: FrameReader | None = None
     paused: bool = False  # its frames are read a moment later, together
 
     @property
@@ -210,14 +210,14 @@ class Pool:
             header = {"type": "error", "message": f"not ready after {_START_TIMEOUT_S:.0f}s"}
         if header["type"] != "ready":
             loop.remove_reader(parent_sock.fileno())
-            Child(process, parent_sock, cgroup=cgroup).kill()
+            Child(process, parent_sock, reader, cgroup=cgroup).kill()
             process.wait()
             self._own.pop(process.pid, None)
             self._forget_cgroup(cgroup)
             parent_sock.close()
             capture.close()
             raise WorkerError(f"A child process failed to start: {header['message']}")
-        child = Child(process, parent_sock, cgroup=cgroup, capture=capture, reader=reader)
+        child = Child(process, parent_sock, reader, cgroup=cgroup, capture=capture)
         self._own[process.pid] = child
         loop.add_reader(parent_sock.fileno(), self._readable, child)
         return child
@@ -242,7 +242,7 @@ class Pool:
         does not need an answer soon: it is read again only after ``_READ_PAUSE_S``, so a run of
         short tasks costs the worker one wake-up per batch of outcomes, not one per task. Frames
         wait in the socket, so a child that dies meanwhile still has its outcomes read first."""
-        frames = child.reader.read() if child.reader is not None else None
+        frames = child.reader.read()
         if frames is None:
             self._closed(child)
             return

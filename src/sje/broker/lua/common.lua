@@ -69,16 +69,11 @@ end
 -- Every event goes to the job's stream (:ev); job-level ones also to :jev, which is what
 -- waiting clients follow, so they need not read one event per task.
 local function job_event(jid, etype, fields)
-  local args = {'XADD', jkey(jid, ':ev'), '*', 'type', etype}
-  for _, v in ipairs(fields) do args[#args + 1] = v end
-  redis.call(unpack(args))
+  redis.call('XADD', jkey(jid, ':ev'), '*', 'type', etype, unpack(fields))
   trim_events(jid, 1)
   if string.sub(etype, 1, 4) == 'job.' then
-    args[2] = jkey(jid, ':jev')
-    table.insert(args, 3, 'MAXLEN')
-    table.insert(args, 4, '~')
-    table.insert(args, 5, EVENTS_MAXLEN)
-    redis.call(unpack(args))
+    redis.call('XADD', jkey(jid, ':jev'), 'MAXLEN', '~', EVENTS_MAXLEN, '*', 'type', etype,
+      unpack(fields))
   end
 end
 
