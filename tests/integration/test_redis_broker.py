@@ -133,3 +133,22 @@ def test_a_succeeded_job_end_carries_its_record_and_small_value_but_not_a_large_
         assert ends[1].value is None
 
     run(redis_url, prefix, scenario)
+
+
+def test_a_job_end_whose_record_cannot_be_read_is_still_a_job_end(
+    redis_url: str, prefix: str, r: redis.Redis
+) -> None:
+    """A ``rec`` that is not JSON: the end is reported without it (the waiting request reads
+    the record), not dropped, and the reader goes on."""
+
+    async def scenario(b: RedisBroker) -> None:
+        mark = await b.views.last_job_end()
+        r.xadd(f"{prefix}:ends", {"job": "a" * 32, "rec": b"\xff[", "val": b"1"})
+        r.xadd(f"{prefix}:ends", {"job": "b" * 32})
+        _, ends = await b.views.job_ends(mark, 1000)
+        assert [(e.job_id, e.record, e.value) for e in ends] == [
+            ("a" * 32, None, None),
+            ("b" * 32, None, None),
+        ]
+
+    run(redis_url, prefix, scenario)
