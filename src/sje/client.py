@@ -120,6 +120,11 @@ def status_record(final: Event) -> dict[str, Any]:
     return {k: v for k, v in final.items() if k != "type"}
 
 
+def waited_too_long(job_id: str, timeout: float | None) -> JobTimeout:
+    """The error for a client that stopped waiting for a job after ``timeout`` s."""
+    return JobTimeout(f"Job timeout: job {job_id} did not finish within {timeout}s of waiting.")
+
+
 def final_state(view: Mapping[str, Any]) -> bool:
     return JobState(view["state"]).is_terminal
 
@@ -327,9 +332,7 @@ class Client:
             except TransportError as exc:
                 raise unreachable(self.url, exc, None) from exc
             if deadline is not None and time.monotonic() >= deadline:
-                raise JobTimeout(
-                    f"Job timeout: job {job_id} did not finish within {timeout}s of waiting."
-                )
+                raise waited_too_long(job_id, timeout)
 
     def close(self) -> None:
         self._http.close()
@@ -365,14 +368,26 @@ class JobHandle:
         """The job record: ``id``, ``state``, task counts by state, timestamps, ``error``."""
         return dict(self.client.request("GET", f"/jobs/{self.id}"))
 
-    def wait(self, timeout: float | None = None) -> dict[str, Any]:
-        """Block until the job ends (pushed, no polling); returns its final status record."""
-        if self._final is not None:
-            return status_record(self._final)
-        final: Event = {}
-        for event in self.client.events(self.id, timeout, job_level=True):
-            final = event
-        return status_record(final)
+    @property
+    def ended(self) -> bool:
+        """Whether the job's end is already known here (a submit that waited for it, or a
+        ``wait()`` that returned): ``wait()`` and ``result()`` then ask nothing more."""
+        return self._final is not None
+
+    def wait(
+        self, timeout: float | None = None, on_event: Callable[[Event], None] | None = None
+    ) -> dict[str, Any]:
+        """Block until the job ends (pushed, no polling); returns its final status record.
+        ``on_event`` is called with each job-level event on the way (``job.progress``
+        snapshots included)."""
+        if self._final is None:
+            final: Event = {}
+            for event in self.client.events(self.id, timeout, job_level=True):
+                if on_event is not None:
+                    on_event(event)
+                final = event
+            self._final = final
+        return status_record(self._final)
 
     def result(self, timeout: float | None = None) -> Any:
         """Wait, then the ordered results (``inputs``), the value (``args``) or the reduce output.

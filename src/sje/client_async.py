@@ -22,9 +22,9 @@ from sje.client import (
     status_record,
     submit_wait,
     unreachable,
+    waited_too_long,
 )
 from sje.config import ClientSettings, load_settings
-from sje.errors import JobTimeout
 
 
 class AsyncClient:
@@ -105,23 +105,30 @@ class AsyncJobHandle:
     async def status(self) -> dict[str, Any]:
         return dict(await self.client.request("GET", f"/jobs/{self.id}"))
 
-    async def wait(self, timeout: float | None = None) -> dict[str, Any]:
-        if self._final is not None:
-            return status_record(self._final)
+    @property
+    def ended(self) -> bool:
+        """As ``JobHandle.ended``."""
+        return self._final is not None
 
-        async def drain() -> Event:
-            final: Event = {}
-            async for event in self.client.events(self.id, job_level=True):
-                final = event
-            return final
+    async def wait(
+        self, timeout: float | None = None, on_event: Callable[[Event], None] | None = None
+    ) -> dict[str, Any]:
+        """As ``JobHandle.wait``."""
+        if self._final is None:
 
-        try:
-            final = await asyncio.wait_for(drain(), timeout)
-        except asyncio.TimeoutError:
-            raise JobTimeout(
-                f"Job timeout: job {self.id} did not finish within {timeout}s of waiting."
-            ) from None
-        return status_record(final)
+            async def drain() -> Event:
+                final: Event = {}
+                async for event in self.client.events(self.id, job_level=True):
+                    if on_event is not None:
+                        on_event(event)
+                    final = event
+                return final
+
+            try:
+                self._final = await asyncio.wait_for(drain(), timeout)
+            except asyncio.TimeoutError:
+                raise waited_too_long(self.id, timeout) from None
+        return status_record(self._final)
 
     async def result(self, timeout: float | None = None) -> Any:
         view = await self.wait(timeout)

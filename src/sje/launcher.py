@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from rich.console import Console
 
@@ -73,7 +73,7 @@ def _stop(procs: list[subprocess.Popen[str]]) -> None:
             proc.wait()
 
 
-ProgressFn = Callable[[JobHandle, "float | None"], None]
+ProgressFn = Callable[[JobHandle, "float | None"], "dict[str, Any]"]
 
 
 def _example(client: Client, out: Console, show_progress: ProgressFn) -> int:

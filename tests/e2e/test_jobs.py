@@ -184,6 +184,86 @@ def test_cli_submit_wait_prints_result_and_status_json_has_counts(
     assert json.loads(workers.stdout)["workers"][0]["alive"] is True
 
 
+def test_cli_submit_wait_of_a_quick_job_prints_its_result_from_the_submit_alone(
+    master: str, worker: Callable[..., Proc], env: dict[str, str], tmp_path: Path
+) -> None:
+    """A job that ends within the submit's own wait (1 s; this one takes milliseconds on a
+    warm worker) is answered by that request: no "Submitted job" line, no progress bar."""
+    worker("--concurrency", "1")
+    submit = tmp_path / "submit.yaml"
+    submit.write_text("job:\n  name: one\n  task-def: {task: tests.apps.sample_tasks.square}\n")
+    warm = run_sje("submit", "one", "--config", str(submit), "--set", "args=[2]", "--wait", env=env)
+    assert warm.returncode == 0, warm.stderr
+    done = run_sje("submit", "one", "--config", str(submit), "--set", "args=[7]", "--wait", env=env)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == 49
+    assert "Submitted job" not in done.stderr, done.stderr
+
+
+def test_cli_submit_wait_of_a_longer_job_shows_progress_then_prints_its_result(
+    master: str, worker: Callable[..., Proc], env: dict[str, str], tmp_path: Path
+) -> None:
+    """A job still running when the submit's wait ends: the id and a progress bar on stderr,
+    then the result on stdout once the job ends."""
+    worker("--concurrency", "1")
+    release = tmp_path / "release"
+    item = {"value": 5, "started": str(tmp_path / "started"), "release": str(release)}
+    submit = tmp_path / "submit.yaml"
+    submit.write_text(
+        "job:\n  name: gated\n  task-def:\n    task: tests.apps.sample_tasks.started_then_wait\n"
+        f"    args: [{json.dumps(item)}]\n"
+    )
+    cli = Proc(["submit", "gated", "--config", str(submit), "--wait"], env, "Submitted job")
+    try:
+        release.touch()  # only now can the job end: "Submitted job" came first for sure
+        assert cli.wait(60) == 0, cli.output()
+        assert cli.lines[-1] == "5", cli.output()
+    finally:
+        cli.stop()
+
+
+def test_cli_submit_wait_gives_up_after_its_timeout_and_names_it(
+    master: str, worker: Callable[..., Proc], env: dict[str, str], tmp_path: Path
+) -> None:
+    worker("--concurrency", "1")
+    item = {"value": 1, "started": str(tmp_path / "started"), "release": str(tmp_path / "never")}
+    submit = tmp_path / "submit.yaml"
+    submit.write_text(
+        "job:\n  name: gated\n  task-def:\n    task: tests.apps.sample_tasks.started_then_wait\n"
+        f"    args: [{json.dumps(item)}]\n"
+    )
+    for timeout, json_flag in (("0.5", []), ("1.5", []), ("1.5", ["--json"])):
+        done = run_sje(
+            "submit",
+            "gated",
+            "--config",
+            str(submit),
+            "--wait",
+            "--timeout",
+            timeout,
+            *json_flag,
+            env=env,
+        )
+        assert done.returncode == 7, done.stderr
+        assert f"did not finish within {float(timeout)}s of waiting" in done.stderr, done.stderr
+
+
+def test_job_handle_wait_reports_each_event_and_keeps_the_end(
+    master: str, worker: Callable[..., Proc]
+) -> None:
+    worker("--concurrency", "1")
+    handle = sje.Client(master).submit(
+        {"task": "tests.apps.sample_tasks.square", "inputs": [1, 2, 3]}
+    )
+    seen: list[dict[str, object]] = []
+    assert not handle.ended
+    view = handle.wait(60, on_event=seen.append)
+    assert view["state"] == "succeeded" and handle.ended
+    assert seen[-1]["type"] == "job.progress" and seen[-1]["state"] == "succeeded"
+    assert {e["type"] for e in seen} >= {"job.started", "job.succeeded"}
+    assert handle.result() == [1, 4, 9]
+
+
 def test_cli_submit_without_wait_prints_only_the_job_id(
     master: str, env: dict[str, str], tmp_path: Path, worker: Callable[..., Proc]
 ) -> None:

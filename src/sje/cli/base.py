@@ -130,11 +130,11 @@ def advance(bar: Progress, row: TaskID, event: dict[str, Any]) -> None:
     bar.update(row, total=t["total"], completed=done, detail=detail)
 
 
-def show_progress(handle: JobHandle, timeout: float | None) -> None:
+def show_progress(handle: JobHandle, timeout: float | None) -> dict[str, Any]:
+    """Wait for the job with a progress bar; its final status record."""
     with progress_bar() as bar:
         row = bar.add_task(handle.id[:12], total=None, detail="")
-        for event in handle.client.events(handle.id, timeout, job_level=True):
-            advance(bar, row, event)
+        return handle.wait(timeout, on_event=lambda event: advance(bar, row, event))
 
 
 def main() -> None:

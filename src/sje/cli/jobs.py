@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -14,7 +15,7 @@ from sje.cli.base import cli, client_for, common, err, json_flag, out, print_jso
 from sje.config import (
     config_path,
 )
-from sje.errors import ConfigError, SJEError
+from sje.errors import ConfigError, JobTimeout, SJEError
 from sje.models import parse_job
 from sje.submitfile import job_from_file
 
@@ -22,6 +23,10 @@ if TYPE_CHECKING:
     from sje.client import JobHandle
 
 # -- client commands ----------------------------------------------------------------------
+
+#: ``sje submit --wait``: the submit itself waits this long (s), so a job done by then prints
+#: its result from that one reply, with no progress bar
+_FIRST_WAIT_S = 1.0
 
 
 def _parse_set(values: tuple[str, ...]) -> dict[str, Any]:
@@ -57,17 +62,32 @@ def submit(
     job_def = job_from_file(path, job_name, _parse_set(sets))
     parse_job(job_def, where=f"{path}: job '{job_name}' task-def")
     client = client_for(config_file)
-    handle = client.submit(job_def)
     if not wait:
+        handle = client.submit(job_def)
         if as_json:
             print_json({"id": handle.id})
         else:
             out.print(handle.id, highlight=False)
         return
-    if not as_json:
-        err.print(f"Submitted job {handle.id}", highlight=False)
-        show_progress(handle, timeout)
-    view = handle.wait(timeout)
+    from sje.client import waited_too_long
+
+    started = time.monotonic()
+    first = _FIRST_WAIT_S if timeout is None else min(timeout, _FIRST_WAIT_S)
+    handle = client.submit(job_def, wait=first if first > 0 else None)
+    if handle.ended:
+        view = handle.wait()
+    else:
+        left = None if timeout is None else timeout - (time.monotonic() - started)
+        try:
+            if left is not None and left <= 0:
+                raise waited_too_long(handle.id, left)
+            if as_json:
+                view = handle.wait(left)
+            else:
+                err.print(f"Submitted job {handle.id}", highlight=False)
+                view = show_progress(handle, left)
+        except JobTimeout:  # say the timeout that was asked for, not what was left of it
+            raise waited_too_long(handle.id, timeout) from None
     _print_outcome(handle, view, as_json)
 
 
