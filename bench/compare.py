@@ -33,8 +33,17 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from common import BENCH, RESULTS, ROOT, RedisServer, end_pids, sigterm_as_interrupt
-from peers import work
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository: bench.*
+
+from bench.common import (
+    BENCH,
+    RESULTS,
+    ROOT,
+    RedisServer,
+    end_pids,
+    sigterm_as_interrupt,
+)
+from bench.peers import work
 from rich.console import Console
 from rich.table import Table
 

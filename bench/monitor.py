@@ -33,7 +33,16 @@ from typing import Any
 
 import httpx
 import redis
-from common import BenchError, Deadline, Service, sigterm_as_interrupt, sje_env
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository: bench.*
+
+from bench.common import (
+    BenchError,
+    Deadline,
+    Service,
+    sigterm_as_interrupt,
+    sje_env,
+)
 from rich.console import Console
 from rich.table import Table
 

@@ -116,8 +116,10 @@ class Adapter(AdapterBase):
         id, ``<name>-<6 hex>`` (the name from its command line's ``--name``)."""
         args = victim.split()
         name = args[args.index("--name") + 1]
-        owners = self.h.r.hvals("bench-sje:owner")
-        return sum(1 for o in owners if o.decode().rsplit("-", 1)[0] == name)
+        owners = [
+            o.decode() if isinstance(o, bytes) else o for o in self.h.r.hvals("bench-sje:owner")
+        ]
+        return sum(1 for o in owners if o.rsplit("-", 1)[0] == name)
 
     def _job(self, kind: str, **spec: Any) -> None:
         job = {"task": TASKS[kind].name, "allow-unknown-task": True, **spec}
