@@ -203,6 +203,19 @@ def test_wrong_type_in_environment_names_the_variable() -> None:
     assert "'many'" in done.stderr
 
 
+@pytest.mark.parametrize(
+    "command", [["submit", "x", "--wait"], ["result", "abc"], ["watch", "abc"]], ids=str
+)
+@pytest.mark.parametrize("timeout", ["0", "-3"])
+def test_a_timeout_that_is_not_positive_is_refused_before_anything_is_sent(
+    command: list[str], timeout: str
+) -> None:
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens: a request would fail with 4
+    done = run_sje(*command, "--timeout", timeout, env=sje_env(SJE_MASTER=url))
+    assert done.returncode == 2, done.stderr
+    assert f"Invalid value for '--timeout': {float(timeout)} is not in the range x>0" in done.stderr
+
+
 def test_unknown_job_id_is_not_found(master: str, env: dict[str, str]) -> None:
     done = run_sje("status", "nope", env=env)
     assert done.returncode == 5

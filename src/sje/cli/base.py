@@ -63,6 +63,10 @@ def common(fn: F) -> F:
     )(fn)
 
 
+#: a ``--timeout`` value: seconds, more than 0
+SECONDS = click.FloatRange(min=0, min_open=True)
+
+
 def json_flag(fn: F) -> F:
     return click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")(fn)
 

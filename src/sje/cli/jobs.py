@@ -11,7 +11,17 @@ import orjson
 import yaml
 from rich.table import Table
 
-from sje.cli.base import cli, client_for, common, err, json_flag, out, print_json, show_progress
+from sje.cli.base import (
+    SECONDS,
+    cli,
+    client_for,
+    common,
+    err,
+    json_flag,
+    out,
+    print_json,
+    show_progress,
+)
 from sje.config import (
     config_path,
 )
@@ -48,7 +58,7 @@ def _parse_set(values: tuple[str, ...]) -> dict[str, Any]:
 @click.argument("job_name")
 @click.option("--set", "sets", multiple=True, help="Override a task-def key: key=value (YAML).")
 @click.option("--wait", is_flag=True, help="Show progress, then print the result.")
-@click.option("--timeout", type=float, default=None, help="With --wait: give up after seconds.")
+@click.option("--timeout", type=SECONDS, default=None, help="With --wait: give up after seconds.")
 def submit(
     config_file: str | None,
     as_json: bool,
@@ -73,7 +83,7 @@ def submit(
 
     started = time.monotonic()
     first = _FIRST_WAIT_S if timeout is None else min(timeout, _FIRST_WAIT_S)
-    handle = client.submit(job_def, wait=first if first > 0 else None)
+    handle = client.submit(job_def, wait=first)
     if handle.ended:
         view = handle.wait()
     else:
@@ -148,7 +158,7 @@ def _error_line(view: dict[str, Any]) -> str:
 @common
 @json_flag
 @click.argument("job_id")
-@click.option("--timeout", type=float, default=None, help="Wait at most this many seconds.")
+@click.option("--timeout", type=SECONDS, default=None, help="Wait at most this many seconds.")
 def result(config_file: str | None, as_json: bool, job_id: str, timeout: float | None) -> None:
     """Wait for a job and print its result (JSON)."""
     handle = client_for(config_file).job(job_id)

@@ -8,6 +8,7 @@ import click
 from rich.text import Text
 
 from sje.cli.base import (
+    SECONDS,
     advance,
     cli,
     client_for,
@@ -52,7 +53,7 @@ def describe(event: dict[str, Any]) -> str | None:
 @common
 @json_flag
 @click.argument("job_id")
-@click.option("--timeout", type=float, default=None, help="Give up after this many seconds.")
+@click.option("--timeout", type=SECONDS, default=None, help="Give up after this many seconds.")
 def watch(config_file: str | None, as_json: bool, job_id: str, timeout: float | None) -> None:
     """Follow a job live: progress, retries and failures, until it ends.
 
