@@ -370,8 +370,8 @@ class JobHandle:
 
     @property
     def ended(self) -> bool:
-        """Whether the job's end is already known here (a submit that waited for it, or a
-        ``wait()`` that returned): ``wait()`` and ``result()`` then ask nothing more."""
+        """Whether the submit waited for the job's end and got it: ``wait()`` and ``result()``
+        then ask nothing more."""
         return self._final is not None
 
     def wait(
@@ -379,15 +379,16 @@ class JobHandle:
     ) -> dict[str, Any]:
         """Block until the job ends (pushed, no polling); returns its final status record.
         ``on_event`` is called with each job-level event on the way (``job.progress``
-        snapshots included)."""
-        if self._final is None:
-            final: Event = {}
-            for event in self.client.events(self.id, timeout, job_level=True):
-                if on_event is not None:
-                    on_event(event)
-                final = event
-            self._final = final
-        return status_record(self._final)
+        snapshots included). A job requeued from the dead-letter queue ends again: each call
+        follows it anew."""
+        if self._final is not None:
+            return status_record(self._final)
+        final: Event = {}
+        for event in self.client.events(self.id, timeout, job_level=True):
+            if on_event is not None:
+                on_event(event)
+            final = event
+        return status_record(final)
 
     def result(self, timeout: float | None = None) -> Any:
         """Wait, then the ordered results (``inputs``), the value (``args``) or the reduce output.

@@ -114,21 +114,22 @@ class AsyncJobHandle:
         self, timeout: float | None = None, on_event: Callable[[Event], None] | None = None
     ) -> dict[str, Any]:
         """As ``JobHandle.wait``."""
-        if self._final is None:
+        if self._final is not None:
+            return status_record(self._final)
 
-            async def drain() -> Event:
-                final: Event = {}
-                async for event in self.client.events(self.id, job_level=True):
-                    if on_event is not None:
-                        on_event(event)
-                    final = event
-                return final
+        async def drain() -> Event:
+            final: Event = {}
+            async for event in self.client.events(self.id, job_level=True):
+                if on_event is not None:
+                    on_event(event)
+                final = event
+            return final
 
-            try:
-                self._final = await asyncio.wait_for(drain(), timeout)
-            except asyncio.TimeoutError:
-                raise waited_too_long(self.id, timeout) from None
-        return status_record(self._final)
+        try:
+            final = await asyncio.wait_for(drain(), timeout)
+        except asyncio.TimeoutError:
+            raise waited_too_long(self.id, timeout) from None
+        return status_record(final)
 
     async def result(self, timeout: float | None = None) -> Any:
         view = await self.wait(timeout)

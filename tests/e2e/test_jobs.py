@@ -248,20 +248,20 @@ def test_cli_submit_wait_gives_up_after_its_timeout_and_names_it(
         assert f"did not finish within {float(timeout)}s of waiting" in done.stderr, done.stderr
 
 
-def test_job_handle_wait_reports_each_event_and_keeps_the_end(
+def test_job_handle_wait_reports_each_event_on_the_way(
     master: str, worker: Callable[..., Proc]
 ) -> None:
     worker("--concurrency", "1")
-    handle = sje.Client(master).submit(
-        {"task": "tests.apps.sample_tasks.square", "inputs": [1, 2, 3]}
-    )
+    client = sje.Client(master)
+    handle = client.submit({"task": "tests.apps.sample_tasks.square", "inputs": [1, 2, 3]})
     seen: list[dict[str, object]] = []
-    assert not handle.ended
     view = handle.wait(60, on_event=seen.append)
-    assert view["state"] == "succeeded" and handle.ended
+    assert view["state"] == "succeeded"
     assert seen[-1]["type"] == "job.progress" and seen[-1]["state"] == "succeeded"
     assert {e["type"] for e in seen} >= {"job.started", "job.succeeded"}
-    assert handle.result() == [1, 4, 9]
+    assert not handle.ended  # its end was followed, not carried by the submit's reply
+    waited = client.submit({"task": "tests.apps.sample_tasks.square", "args": [4]}, wait=30)
+    assert waited.ended and waited.result() == 16
 
 
 def test_cli_submit_without_wait_prints_only_the_job_id(
