@@ -85,7 +85,8 @@ class Adapter(AdapterBase):
         return {
             "workers": "`sje worker --concurrency 2`: one worker process and 2 child processes "
             "each running 1 task at a time (as Celery's prefork parent and 2 children, Huey's "
-            "consumer and 2 workers); recovery: 2 x `--concurrency 1`, one of them killed; "
+            "consumer and 2 workers), each child pinned to a CPU of its own (the default "
+            "task-cpu-affinity spread); recovery: 2 x `--concurrency 1`, one of them killed; "
             f"I/O: async tasks, {ASYNC_CONCURRENCY} at once per child (its default) = 200",
             "enqueue": "one-by-one: `Client.submit` of a single-task job per task (an HTTP "
             "call each); batch: one job of N inputs",

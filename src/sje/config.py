@@ -129,6 +129,7 @@ class WorkerSettings(BrokerSettings):
     task_nice: int = Field(default=5, ge=0, le=19)
     task_user: str | None = None
     task_network: Literal["allow", "none"] = "allow"
+    task_cpu_affinity: Literal["spread", "off"] = "spread"
     task_env: list[str] = Field(default_factory=list)
 
     _lists = field_validator("queues", "tasks", "task_env", mode="before")(_split_list)

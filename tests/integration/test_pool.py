@@ -12,9 +12,11 @@ is blamed.
 from __future__ import annotations
 
 import asyncio
+import os
 from typing import Any
 
 from sje.models import TaskMessage
+from sje.worker.cpus import usable_cpus
 from sje.worker.pool import Child, Pool
 from tests.support import eventually
 
@@ -120,6 +122,43 @@ def test_tasks_queued_in_a_child_are_bounded_by_their_bodies_total_size() -> Non
                 ("job:2", True),
                 ("job:4", True),
             ]
+        finally:
+            await pool.stop()
+
+    asyncio.run(scenario())
+
+
+def test_children_are_spread_over_the_cpus_and_a_replacement_takes_the_freed_one() -> None:
+    cpus = usable_cpus()
+
+    async def scenario() -> None:
+        pool = Pool([TASKS], len(cpus), 10, 0, lambda *_: None)
+        await pool.start()
+        try:
+            where = {child.pid: os.sched_getaffinity(child.pid) for child in pool.children}
+            if len(cpus) > 1:
+                assert sorted(cpu for s in where.values() for cpu in s) == cpus
+                assert all(len(s) == 1 for s in where.values())
+            else:  # one CPU: nothing to spread
+                assert list(where.values()) == [set(cpus)]
+            first = pool.children[0]
+            await pool.replace(first)
+            newcomer = pool.children[-1]
+            assert newcomer is not first and newcomer.pid not in where
+            assert os.sched_getaffinity(newcomer.pid) == where[first.pid]
+        finally:
+            await pool.stop()
+
+    asyncio.run(scenario())
+
+
+def test_with_task_cpu_affinity_off_children_run_on_any_cpu() -> None:
+    async def scenario() -> None:
+        pool = Pool([TASKS], len(usable_cpus()), 10, 0, lambda *_: None, cpu_affinity="off")
+        await pool.start()
+        try:
+            for child in pool.children:
+                assert os.sched_getaffinity(child.pid) == set(usable_cpus())
         finally:
             await pool.stop()
 

@@ -127,6 +127,7 @@ def worker(
             if wk.pool.isolation is not None:
                 isolation = wk.pool.isolation.describe()
                 out.print(f"  isolation: {isolation}", highlight=False, soft_wrap=True)
+            out.print(f"  cpus: {wk.pool.placement.describe()}", highlight=False, soft_wrap=True)
             sys.stdout.flush()
 
         await w.run(on_ready=ready)

@@ -36,6 +36,7 @@ from sje.models import TaskMessage
 from sje.worker import proctree
 from sje.worker.capture import CaptureFile, Log
 from sje.worker.cgroups import ChildCgroup
+from sje.worker.cpus import CpuPlacement
 from sje.worker.sandbox import Isolation, TaskLimits, prepare
 from sje.worker.wire import FrameReader, frame, send, unframe
 
@@ -139,6 +140,7 @@ class Pool:
         max_tasks_per_child: int,
         on_frame: FrameHandler,
         limits: TaskLimits | None = None,
+        cpu_affinity: str = "spread",
     ) -> None:
         self.modules = modules
         self.size = size
@@ -147,6 +149,7 @@ class Pool:
         self.on_frame = on_frame
         self.limits = limits or TaskLimits()
         self.isolation: Isolation | None = None  # decided by start()
+        self.placement = CpuPlacement(size, cpu_affinity)
         self.children: list[Child] = []
         self._own: dict[int, Child | None] = {}  # unreaped children (None: still starting)
         self._stale_cgroups: list[ChildCgroup] = []
@@ -186,6 +189,7 @@ class Pool:
             env=isolation.child_env(os.environ),
         )
         self._own[process.pid] = None
+        self.placement.place(process.pid)
         child_sock.close()
         reader = FrameReader(parent_sock.fileno())
         loop = asyncio.get_running_loop()
@@ -213,6 +217,7 @@ class Pool:
             Child(process, parent_sock, reader, cgroup=cgroup).kill()
             process.wait()
             self._own.pop(process.pid, None)
+            self.placement.forget(process.pid)
             self._forget_cgroup(cgroup)
             parent_sock.close()
             capture.close()
@@ -271,6 +276,7 @@ class Pool:
             child.process.wait(timeout=1)
         if child.process.returncode is not None:
             self._own.pop(child.pid, None)
+        self.placement.forget(child.pid)
         self._forget_cgroup(child.cgroup)
         child.sock.close()
         self.on_frame(child, None, b"")

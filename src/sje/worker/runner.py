@@ -85,6 +85,7 @@ class Worker:
             settings.max_tasks_per_child,
             self._on_frame,
             TaskLimits.from_settings(settings),
+            settings.task_cpu_affinity,
         )
         # fetched tasks no child can take yet, with when they arrived (monotonic)
         self._waiting: collections.deque[Waiting] = collections.deque()
