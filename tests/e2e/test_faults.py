@@ -133,7 +133,8 @@ def test_prefetched_tasks_stuck_behind_a_long_task_are_handed_back(
         # short tasks first: the worker learns they are short and starts to prefetch
         warm = client.submit({"task": "tests.apps.sample_tasks.square", "inputs": list(range(300))})
         assert warm.result(timeout=60) == [x * x for x in range(300)]
-        items = _waiters(tmp_path, 20)
+        # more than its child can queue behind the long task (up to 32): the rest is prefetch
+        items = _waiters(tmp_path, 48)
         for item in items[1:]:
             del item["release"]  # only the first task waits (and is never released)
         handle = client.submit({"task": WAIT, "inputs": items})
@@ -142,8 +143,8 @@ def test_prefetched_tasks_stuck_behind_a_long_task_are_handed_back(
             lambda: busy.find("handing back"), 30, "the busy worker to hand back its prefetch"
         )
         worker("--concurrency", "1", "--name", "idle")
-        # 19: also the one queued in the busy worker's child behind the long task (recalled)
-        wait_until(lambda: handle.status()["tasks"]["succeeded"] == 19, 30, "the short tasks")
+        # 47: also those queued in the busy worker's child behind the long task (recalled)
+        wait_until(lambda: handle.status()["tasks"]["succeeded"] == 47, 30, "the short tasks")
         assert handle.status()["tasks"]["running"] == 1
         handle.cancel()
 

@@ -50,7 +50,7 @@ _WATCHDOG_EVERY = 5  # sweeps between two counts of each busy child's processes
 #: the bodies of the tasks queued in one child add up to this at most (a larger task waits for
 #: an idle child), so they fit in the socket's buffer: a send to a busy child never blocks
 _QUEUED_BODY_MAX = 64 * 1024
-_READ_PAUSE_S = 0.001  # a child with tasks queued is read at most this often
+_READ_PAUSE_S = 0.002  # a child with tasks queued is read at most this often
 
 #: called with (child, header, body) for every frame a child sends, and with
 #: (child, None, b"") once when a child's pipe closes (it exited or was killed)
