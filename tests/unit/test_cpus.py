@@ -45,7 +45,9 @@ def test_a_child_for_every_cpu_gets_a_cpu_of_its_own(spawn: Callable[[], int]) -
     for pid, cpu in zip(pids, placed, strict=True):
         assert cpu is not None and os.sched_getaffinity(pid) == {cpu}
         assert placement.cpu_of(pid) == cpu
-    assert placement.describe().startswith(f"one CPU per child (CPUs {', '.join(map(str, CPUS))}")
+    assert placement.describe() == (
+        f"children pinned to CPUs {', '.join(map(str, CPUS))} (task-cpu-affinity spread)"
+    )
 
 
 @needs_two_cpus
@@ -57,6 +59,7 @@ def test_children_beyond_a_whole_number_per_cpu_run_anywhere(spawn: Callable[[],
     assert Counter(c for c in placed if c is not None) == {cpu: 2 for cpu in CPUS}
     assert placed[-1] is None
     assert os.sched_getaffinity(pids[-1]) == set(CPUS)
+    assert placement.describe().endswith("; 1 more on any CPU (task-cpu-affinity spread)")
 
 
 @needs_two_cpus

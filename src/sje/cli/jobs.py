@@ -88,9 +88,9 @@ def submit(
         view = handle.wait()
     else:
         left = None if timeout is None else timeout - (time.monotonic() - started)
+        if left is not None and left <= 0:
+            raise waited_too_long(handle.id, timeout)
         try:
-            if left is not None and left <= 0:
-                raise waited_too_long(handle.id, left)
             if as_json:
                 view = handle.wait(left)
             else:

@@ -64,7 +64,9 @@ class CpuPlacement:
         """One line for the worker's start-up output."""
         if self.cpus:
             where = ", ".join(str(c) for c in sorted(self._held.values()))
-            return f"one CPU per child (CPUs {where}; task-cpu-affinity spread)"
+            rest = self._children - len(self._held)
+            more = f"; {rest} more on any CPU" if rest else ""
+            return f"children pinned to CPUs {where}{more} (task-cpu-affinity spread)"
         if self.mode != "spread":
             return "children run on any CPU (task-cpu-affinity off)"
         return (
