@@ -10,20 +10,28 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from sje.worker.cpus import CpuPlacement, usable_cpus
+from sje.worker.cpus import CHILD_MODULE, CpuPlacement, pinned_children, usable_cpus
 
 CPUS = usable_cpus()
+
+
+def alone(exclude: set[int]) -> Counter[int]:
+    """No other worker's child pinned anywhere: these tests see only their own processes."""
+    return Counter()
+
+
 needs_two_cpus = pytest.mark.skipif(len(CPUS) < 2, reason="pinning applies with 2+ CPUs")
 
 
 @pytest.fixture
-def spawn() -> Iterator[Callable[[], int]]:
-    """Start idle processes to place (they end with the test); returns their pids."""
+def spawn() -> Iterator[Callable[..., int]]:
+    """Start idle processes to place (they end with the test), with ``args`` on their command
+    lines; returns their pids."""
     procs: list[subprocess.Popen[bytes]] = []
 
-    def start() -> int:
+    def start(*args: str) -> int:
         proc = subprocess.Popen(
-            [sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE
+            [sys.executable, "-c", "import sys; sys.stdin.read()", *args], stdin=subprocess.PIPE
         )
         procs.append(proc)
         return proc.pid
@@ -37,8 +45,8 @@ def spawn() -> Iterator[Callable[[], int]]:
 
 
 @needs_two_cpus
-def test_a_child_for_every_cpu_gets_a_cpu_of_its_own(spawn: Callable[[], int]) -> None:
-    placement = CpuPlacement(len(CPUS), "spread")
+def test_a_child_for_every_cpu_gets_a_cpu_of_its_own(spawn: Callable[..., int]) -> None:
+    placement = CpuPlacement(len(CPUS), "spread", neighbours=alone)
     pids = [spawn() for _ in CPUS]
     placed = [placement.place(pid) for pid in pids]
     assert sorted(c for c in placed if c is not None) == CPUS
@@ -51,20 +59,43 @@ def test_a_child_for_every_cpu_gets_a_cpu_of_its_own(spawn: Callable[[], int]) -
 
 
 @needs_two_cpus
-def test_children_beyond_a_whole_number_per_cpu_run_anywhere(spawn: Callable[[], int]) -> None:
+def test_children_beyond_one_per_cpu_run_anywhere(spawn: Callable[..., int]) -> None:
     n = 2 * len(CPUS) + 1
-    placement = CpuPlacement(n, "spread")
+    placement = CpuPlacement(n, "spread", neighbours=alone)
     pids = [spawn() for _ in range(n)]
     placed = [placement.place(pid) for pid in pids]
-    assert Counter(c for c in placed if c is not None) == {cpu: 2 for cpu in CPUS}
-    assert placed[-1] is None
-    assert os.sched_getaffinity(pids[-1]) == set(CPUS)
-    assert placement.describe().endswith("; 1 more on any CPU (task-cpu-affinity spread)")
+    assert placed[: len(CPUS)] == CPUS
+    assert placed[len(CPUS) :] == [None] * (n - len(CPUS))
+    for pid in pids[len(CPUS) :]:
+        assert os.sched_getaffinity(pid) == set(CPUS)
+    assert placement.describe().endswith(
+        f"; {n - len(CPUS)} more on any CPU (task-cpu-affinity spread)"
+    )
 
 
 @needs_two_cpus
-def test_the_cpu_of_a_child_that_is_gone_goes_to_the_next(spawn: Callable[[], int]) -> None:
+def test_a_cpu_that_another_workers_child_is_pinned_to_is_skipped(
+    spawn: Callable[..., int],
+) -> None:
+    """Two workers on one host: the second one's children do not double up on the CPUs the
+    first one's children are pinned to (the host's ``sje.worker.child`` processes say which).
+    The real scan of the host: no SJE worker may run here meanwhile."""
+    assert not pinned_children(set()), "an SJE worker with pinned children runs on this host"
+    other = spawn(CHILD_MODULE)  # looks like another worker's child to a scan of the host
+    os.sched_setaffinity(other, {CPUS[0]})
     placement = CpuPlacement(len(CPUS), "spread")
+    pids = [spawn() for _ in CPUS]
+    placed = [placement.place(pid) for pid in pids]
+    assert placed == [*CPUS[1:], None]
+    assert os.sched_getaffinity(pids[-1]) == set(CPUS)
+    os.sched_setaffinity(other, set(CPUS))  # it is no longer pinned: its CPU is free again
+    placement.forget(pids[-1])
+    assert placement.place(pids[-1]) == CPUS[0]
+
+
+@needs_two_cpus
+def test_the_cpu_of_a_child_that_is_gone_goes_to_the_next(spawn: Callable[..., int]) -> None:
+    placement = CpuPlacement(len(CPUS), "spread", neighbours=alone)
     pids = [spawn() for _ in CPUS]
     placed = [placement.place(pid) for pid in pids]
     placement.forget(pids[0])
@@ -82,9 +113,9 @@ def test_the_cpu_of_a_child_that_is_gone_goes_to_the_next(spawn: Callable[[], in
     ],
 )
 def test_fewer_children_than_cpus_or_off_pins_nothing(
-    spawn: Callable[[], int], children: int, mode: str, why: str
+    spawn: Callable[..., int], children: int, mode: str, why: str
 ) -> None:
-    placement = CpuPlacement(max(children, 1), mode)
+    placement = CpuPlacement(max(children, 1), mode, neighbours=alone)
     pid = spawn()
     assert placement.place(pid) is None
     assert os.sched_getaffinity(pid) == set(CPUS)
@@ -93,9 +124,9 @@ def test_fewer_children_than_cpus_or_off_pins_nothing(
     )
 
 
-def test_a_cpu_taken_from_the_worker_leaves_the_child_unpinned(spawn: Callable[[], int]) -> None:
+def test_a_cpu_taken_from_the_worker_leaves_the_child_unpinned(spawn: Callable[..., int]) -> None:
     absent = max(CPUS) + 1  # no such CPU here: as when a cpuset shrank after start-up
-    placement = CpuPlacement(2, "spread", cpus=[absent, absent + 1])
+    placement = CpuPlacement(2, "spread", cpus=[absent, absent + 1], neighbours=alone)
     pid = spawn()
     assert placement.place(pid) is None
     assert placement.cpu_of(pid) is None

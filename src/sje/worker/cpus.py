@@ -1,12 +1,14 @@
 """Which CPUs a worker's child processes run on (``task-cpu-affinity``).
 
 ``spread`` (the default): when the worker has at least one child for every CPU it may use
-(``concurrency`` >= its CPUs, as with the default ``concurrency``), each child is pinned to a
-CPU of its own, ``concurrency // CPUs`` children per CPU, the rest left free to run anywhere.
-The children then neither queue behind each other on one CPU while another idles, nor move
-between CPUs and lose their caches; with fewer children than CPUs nothing is pinned, so a task
-may use several CPUs (threads, subprocesses). ``off``: children run wherever the kernel puts
-them. A task's threads and subprocesses share its child's CPU.
+(``concurrency`` >= its CPUs, as with the default ``concurrency``), each new child is pinned to
+a CPU that no SJE child on this host is pinned to yet (the host's ``sje.worker.child``
+processes, as the kernel reports their affinity), so there is one pinned child per CPU; the
+others, this worker's beyond one per CPU and those of a second worker on the host, run
+anywhere. The pinned children neither queue behind each other on one CPU while another idles,
+nor move between CPUs and lose their caches. With fewer children than CPUs nothing is pinned,
+so a task may use several CPUs (threads, subprocesses). ``off``: children run wherever the
+kernel puts them. A task's threads and subprocesses share its child's CPU.
 """
 
 from __future__ import annotations
@@ -14,8 +16,31 @@ from __future__ import annotations
 import logging
 import os
 from collections import Counter
+from collections.abc import Callable
+
+import psutil
 
 log = logging.getLogger(__name__)
+
+#: how a worker starts its children (``python -m sje.worker.child ...``)
+CHILD_MODULE = "sje.worker.child"
+
+
+def pinned_children(exclude: set[int]) -> Counter[int]:
+    """CPU -> how many SJE child processes on this host (other than ``exclude``) are pinned to
+    it alone; processes this user may not inspect are not counted."""
+    taken: Counter[int] = Counter()
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = proc.info["cmdline"] or []
+        if proc.pid in exclude or CHILD_MODULE not in cmdline:
+            continue
+        try:
+            affinity = proc.cpu_affinity()
+        except psutil.Error:
+            continue
+        if affinity is not None and len(affinity) == 1:
+            taken[affinity[0]] += 1
+    return taken
 
 
 def usable_cpus() -> list[int]:
@@ -26,14 +51,22 @@ def usable_cpus() -> list[int]:
 
 
 class CpuPlacement:
-    """Pins each new child to the CPU with the fewest of this worker's children, up to
-    ``children // len(cpus)`` on each; forgets a child when it is gone."""
+    """Pins each new child to the lowest CPU no SJE child on the host is pinned to; forgets a
+    child when it is gone."""
 
-    def __init__(self, children: int, mode: str, cpus: list[int] | None = None) -> None:
+    def __init__(
+        self,
+        children: int,
+        mode: str,
+        cpus: list[int] | None = None,
+        neighbours: Callable[[set[int]], Counter[int]] | None = None,
+    ) -> None:
+        """``cpus``: the CPUs this worker may use (default: its affinity); ``neighbours``:
+        CPU -> SJE children pinned to it, other than the pids given (default: the host's)."""
         allowed = usable_cpus() if cpus is None else cpus
+        self._neighbours = neighbours or pinned_children
         spread = mode == "spread" and len(allowed) > 1 and children >= len(allowed)
         self.cpus = allowed if spread else []
-        self.per_cpu = children // len(allowed) if spread else 0
         self.mode = mode
         self._allowed = len(allowed)
         self._children = children
@@ -41,11 +74,13 @@ class CpuPlacement:
 
     def place(self, pid: int) -> int | None:
         """Pin the child ``pid``; its CPU, or None when it may run anywhere."""
-        counts = Counter(self._held.values())
-        free = [cpu for cpu in self.cpus if counts[cpu] < self.per_cpu]
+        if not self.cpus:
+            return None
+        taken = Counter(self._held.values()) + self._neighbours({pid, *self._held})
+        free = [cpu for cpu in self.cpus if not taken[cpu]]
         if not free:
             return None
-        cpu = min(free, key=lambda c: (counts[c], c))
+        cpu = free[0]
         try:
             os.sched_setaffinity(pid, {cpu})
         except OSError as exc:  # the CPU was taken from this worker's set meanwhile
@@ -62,6 +97,8 @@ class CpuPlacement:
 
     def describe(self) -> str:
         """One line for the worker's start-up output."""
+        if self.cpus and not self._held:
+            return "children run on any CPU (each CPU has an SJE child pinned to it already)"
         if self.cpus:
             where = ", ".join(str(c) for c in sorted(self._held.values()))
             rest = self._children - len(self._held)

@@ -36,7 +36,7 @@ from sje.models import TaskMessage
 from sje.worker import proctree
 from sje.worker.capture import CaptureFile, Log
 from sje.worker.cgroups import ChildCgroup
-from sje.worker.cpus import CpuPlacement
+from sje.worker.cpus import CHILD_MODULE, CpuPlacement
 from sje.worker.sandbox import Isolation, TaskLimits, prepare
 from sje.worker.wire import FrameReader, frame, send, unframe
 
@@ -182,7 +182,7 @@ class Pool:
         parent_sock, child_sock = socket.socketpair()
         fd = child_sock.fileno()
         spec = orjson.dumps({**isolation.child_spec(cgroup), "log_fd": capture.fd}).decode()
-        argv = [sys.executable, "-m", "sje.worker.child", str(fd), orjson.dumps(sys.path).decode()]
+        argv = [sys.executable, "-m", CHILD_MODULE, str(fd), orjson.dumps(sys.path).decode()]
         process = subprocess.Popen(
             [*argv, spec, *self.modules],
             pass_fds=[fd, capture.fd],
