@@ -189,7 +189,6 @@ class Pool:
             env=isolation.child_env(os.environ),
         )
         self._own[process.pid] = None
-        self.placement.place(process.pid)
         child_sock.close()
         reader = FrameReader(parent_sock.fileno())
         loop = asyncio.get_running_loop()
@@ -208,6 +207,7 @@ class Pool:
                 ready.set_result(header)
 
         loop.add_reader(parent_sock.fileno(), first_frame)
+        await asyncio.to_thread(self.placement.place, process.pid)  # it reads every process
         try:
             header = await asyncio.wait_for(ready, _START_TIMEOUT_S)
         except asyncio.TimeoutError:
