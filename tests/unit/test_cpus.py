@@ -20,7 +20,9 @@ def alone(exclude: set[int]) -> Counter[int]:
     return Counter()
 
 
-needs_two_cpus = pytest.mark.skipif(len(CPUS) < 2, reason="pinning applies with 2+ CPUs")
+# these pin real processes to two or more of this host's CPUs; the one-CPU case is covered
+# on every host by test_a_worker_with_one_cpu_pins_nothing
+needs_two_cpus = pytest.mark.skipif(len(CPUS) < 2, reason="this host has one CPU: nothing to pin")
 
 
 @pytest.fixture
@@ -108,20 +110,20 @@ def test_the_cpu_of_a_child_that_is_gone_goes_to_the_next(spawn: Callable[..., i
 @pytest.mark.parametrize(
     ("children", "mode", "why"),
     [
-        (len(CPUS) - 1, "spread", "pinned only with a child for every CPU"),
-        (len(CPUS), "off", "task-cpu-affinity off"),
+        (1, "spread", "(1 child for 2 CPUs: pinned only with a child for every CPU)"),
+        (2, "off", "(task-cpu-affinity off)"),
     ],
 )
 def test_fewer_children_than_cpus_or_off_pins_nothing(
     spawn: Callable[..., int], children: int, mode: str, why: str
 ) -> None:
-    placement = CpuPlacement(max(children, 1), mode, neighbours=alone)
+    """A worker that may use two CPUs (whether or not this host has them: nothing is pinned,
+    so no CPU is asked for)."""
+    placement = CpuPlacement(children, mode, cpus=[0, 1], neighbours=alone)
     pid = spawn()
     assert placement.place(pid) is None
     assert os.sched_getaffinity(pid) == set(CPUS)
-    assert (
-        placement.describe().startswith("children run on any CPU") and why in placement.describe()
-    )
+    assert placement.describe() == f"children run on any CPU {why}"
 
 
 def test_a_cpu_taken_from_the_worker_leaves_the_child_unpinned(spawn: Callable[..., int]) -> None:
@@ -131,3 +133,13 @@ def test_a_cpu_taken_from_the_worker_leaves_the_child_unpinned(spawn: Callable[.
     assert placement.place(pid) is None
     assert placement.cpu_of(pid) is None
     assert os.sched_getaffinity(pid) == set(CPUS)
+
+
+def test_a_worker_with_one_cpu_pins_nothing(spawn: Callable[..., int]) -> None:
+    placement = CpuPlacement(4, "spread", cpus=CPUS[:1], neighbours=alone)
+    pid = spawn()
+    assert placement.place(pid) is None
+    assert os.sched_getaffinity(pid) == set(CPUS)
+    assert placement.describe() == (
+        "children run on any CPU (this worker may use one CPU: nothing to spread)"
+    )

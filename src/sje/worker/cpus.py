@@ -114,7 +114,10 @@ class CpuPlacement:
             return f"children pinned to CPUs {where}{more} (task-cpu-affinity spread)"
         if self.mode != "spread":
             return "children run on any CPU (task-cpu-affinity off)"
+        if self._allowed <= 1:
+            return "children run on any CPU (this worker may use one CPU: nothing to spread)"
+        n = self._children
         return (
-            f"children run on any CPU ({self._children} children for {self._allowed} CPUs: "
-            "pinned only with a child for every CPU)"
+            f"children run on any CPU ({n} {'child' if n == 1 else 'children'} for "
+            f"{self._allowed} CPUs: pinned only with a child for every CPU)"
         )
