@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import subprocess
 import sys
 from collections import Counter
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
-from sje.worker.cpus import CHILD_MODULE, CpuPlacement, pinned_children, usable_cpus
+from sje.worker.cpus import CHILD_MODULE, CpuPlacement, host_lock, pinned_children, usable_cpus
 
 CPUS = usable_cpus()
 
@@ -143,3 +145,87 @@ def test_a_worker_with_one_cpu_pins_nothing(spawn: Callable[..., int]) -> None:
     assert placement.describe() == (
         "children run on any CPU (this worker may use one CPU: nothing to spread)"
     )
+
+
+#: a worker's placement in a process of its own: it places the child whose pid it is given
+#: once a line arrives on its stdin, and prints the CPU (or None)
+RACER = """
+import sys
+from pathlib import Path
+from sje.worker.cpus import CpuPlacement
+placement = CpuPlacement(int(sys.argv[1]), "spread", lock_path=Path(sys.argv[2]))
+print("ready", flush=True)
+sys.stdin.readline()
+print(placement.place(int(sys.argv[3])), flush=True)
+"""
+
+
+@needs_two_cpus
+def test_workers_placing_children_at_the_same_moment_take_turns(
+    spawn: Callable[..., int], tmp_path: Path
+) -> None:
+    """One more worker than CPUs, each placing a child at once, with the real scan of the
+    host: each free CPU gets exactly one child (without the host lock, two workers that scan
+    before either pins both take the first free CPU)."""
+    assert not pinned_children(set()), "an SJE worker with pinned children runs on this host"
+    lock = tmp_path / "placement.lock"
+    children = [spawn(CHILD_MODULE) for _ in range(len(CPUS) + 1)]
+    racers = [
+        subprocess.Popen(
+            [sys.executable, "-c", RACER, str(len(CPUS)), str(lock), str(pid)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for pid in children
+    ]
+    try:
+        for racer in racers:
+            assert racer.stdout is not None and racer.stdout.readline() == "ready\n"
+        for racer in racers:  # all of them are waiting: start them together
+            assert racer.stdin is not None
+            racer.stdin.write("go\n")
+            racer.stdin.flush()
+        placed = [racer.communicate(timeout=60)[0].strip() for racer in racers]
+    finally:
+        for racer in racers:
+            racer.kill()
+            racer.wait()
+    assert sorted(p for p in placed if p != "None") == [str(c) for c in CPUS]
+    assert placed.count("None") == 1
+    assert (
+        sorted(
+            next(iter(os.sched_getaffinity(pid)))
+            for pid, p in zip(children, placed, strict=True)
+            if p != "None"
+        )
+        == CPUS
+    )
+
+
+def test_a_host_lock_held_elsewhere_is_waited_for_only_so_long(tmp_path: Path) -> None:
+    """A stuck process holding the lock does not stop a worker placing its children."""
+    path = tmp_path / "placement.lock"
+    with host_lock(path) as held:
+        assert held
+    other = os.open(path, os.O_RDONLY)  # another open file: its lock excludes ours
+    try:
+        fcntl.flock(other, fcntl.LOCK_EX)
+        with host_lock(path, wait_s=0.05) as held:
+            assert not held
+    finally:
+        os.close(other)
+    with host_lock(path, wait_s=0.05) as held:
+        assert held
+
+
+@needs_two_cpus
+def test_a_lock_file_that_cannot_be_opened_does_not_stop_placement(
+    spawn: Callable[..., int], tmp_path: Path
+) -> None:
+    placement = CpuPlacement(
+        len(CPUS), "spread", neighbours=alone, lock_path=tmp_path / "missing" / "lock"
+    )
+    pid = spawn()
+    assert placement.place(pid) == CPUS[0]
+    assert os.sched_getaffinity(pid) == {CPUS[0]}

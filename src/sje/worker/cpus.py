@@ -9,15 +9,26 @@ anywhere. The pinned children neither queue behind each other on one CPU while a
 nor move between CPUs and lose their caches. With fewer children than CPUs nothing is pinned,
 so a task may use several CPUs (threads, subprocesses). ``off``: children run wherever the
 kernel puts them. A task's threads and subprocesses share its child's CPU.
+
+Workers starting at the same moment take turns: the scan and the pinning run under an
+exclusive ``flock`` on a lock file in the temporary directory (``LOCK_PATH``), so two of them
+never both see a CPU free and both pin to it. A lock held past ``_LOCK_WAIT_S`` (a stuck
+process) or a lock file that cannot be opened is not waited for: placement goes on without it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import logging
 import os
+import tempfile
 import threading
+import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import psutil
 
@@ -25,6 +36,44 @@ log = logging.getLogger(__name__)
 
 #: how a worker starts its children (``python -m sje.worker.child ...``)
 CHILD_MODULE = "sje.worker.child"
+#: the host's workers take turns placing children under a lock on this file
+LOCK_PATH = Path(tempfile.gettempdir()) / "sje-cpu-placement.lock"
+_LOCK_WAIT_S = 2.0
+_LOCK_RETRY_S = 0.005
+
+
+@contextlib.contextmanager
+def host_lock(path: Path, wait_s: float = _LOCK_WAIT_S) -> Iterator[bool]:
+    """Hold an exclusive ``flock`` on ``path`` (created readable by every user, so the workers
+    of all users share it); yields whether it is held. Gives up after ``wait_s``."""
+    try:
+        fd = os.open(path, os.O_RDONLY)  # another user's file: opened without O_CREAT
+    except FileNotFoundError:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o444)
+        except OSError:
+            fd = -1
+    except OSError:
+        fd = -1
+    if fd < 0:
+        log.debug("placing children without the host lock: cannot open %s", path)
+        yield False
+        return
+    try:
+        held, end = False, time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                held = True
+                break
+            except OSError as exc:
+                if exc.errno not in (errno.EAGAIN, errno.EACCES) or time.monotonic() >= end:
+                    log.warning("placing a child without the host lock on %s: %s", path, exc)
+                    break
+                time.sleep(_LOCK_RETRY_S)
+        yield held
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def pinned_children(exclude: set[int]) -> Counter[int]:
@@ -62,9 +111,11 @@ class CpuPlacement:
         mode: str,
         cpus: list[int] | None = None,
         neighbours: Callable[[set[int]], Counter[int]] | None = None,
+        lock_path: Path = LOCK_PATH,
     ) -> None:
         """``cpus``: the CPUs this worker may use (default: its affinity); ``neighbours``:
-        CPU -> SJE children pinned to it, other than the pids given (default: the host's)."""
+        CPU -> SJE children pinned to it, other than the pids given (default: the host's);
+        ``lock_path``: the lock file the host's workers place their children under."""
         allowed = usable_cpus() if cpus is None else cpus
         self._neighbours = neighbours or pinned_children
         spread = mode == "spread" and len(allowed) > 1 and children >= len(allowed)
@@ -74,12 +125,13 @@ class CpuPlacement:
         self._children = children
         self._held: dict[int, int] = {}  # child pid -> its CPU
         self._lock = threading.Lock()
+        self._lock_path = lock_path
 
     def place(self, pid: int) -> int | None:
         """Pin the child ``pid``; its CPU, or None when it may run anywhere."""
         if not self.cpus:
             return None
-        with self._lock:
+        with self._lock, host_lock(self._lock_path):
             return self._place(pid)
 
     def _place(self, pid: int) -> int | None:
