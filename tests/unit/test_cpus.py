@@ -206,8 +206,13 @@ def test_workers_placing_children_at_the_same_moment_take_turns(
 def test_a_host_lock_held_elsewhere_is_waited_for_only_so_long(tmp_path: Path) -> None:
     """A stuck process holding the lock does not stop a worker placing its children."""
     path = tmp_path / "placement.lock"
-    with host_lock(path) as held:
-        assert held
+    old_umask = os.umask(0o077)
+    try:
+        with host_lock(path) as held:
+            assert held
+    finally:
+        os.umask(old_umask)
+    assert path.stat().st_mode & 0o777 == 0o444  # other users' workers can open it too
     other = os.open(path, os.O_RDONLY)  # another open file: its lock excludes ours
     try:
         fcntl.flock(other, fcntl.LOCK_EX)

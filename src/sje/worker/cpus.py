@@ -51,6 +51,8 @@ def host_lock(path: Path, wait_s: float = _LOCK_WAIT_S) -> Iterator[bool]:
     except FileNotFoundError:
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o444)
+            with contextlib.suppress(OSError):  # whatever the umask: readable by every user
+                os.fchmod(fd, 0o444)
         except OSError:
             fd = -1
     except OSError:
