@@ -225,12 +225,31 @@ def test_a_host_lock_held_elsewhere_is_waited_for_only_so_long(tmp_path: Path) -
 
 
 @needs_two_cpus
-def test_a_lock_file_that_cannot_be_opened_does_not_stop_placement(
-    spawn: Callable[..., int], tmp_path: Path
+@pytest.mark.parametrize(
+    "stuck", [False, True], ids=["cannot-be-opened", "held-by-a-stuck-process"]
+)
+def test_a_lock_that_cannot_be_had_is_given_up_once(
+    spawn: Callable[..., int], tmp_path: Path, caplog: pytest.LogCaptureFixture, stuck: bool
 ) -> None:
-    placement = CpuPlacement(
-        len(CPUS), "spread", neighbours=alone, lock_path=tmp_path / "missing" / "lock"
-    )
-    pid = spawn()
-    assert placement.place(pid) == CPUS[0]
-    assert os.sched_getaffinity(pid) == {CPUS[0]}
+    """Placement goes on without the host lock, and the worker stops asking for it: with a
+    stuck holder, every child would otherwise wait as long as the first."""
+    path = tmp_path / "placement.lock" if stuck else tmp_path / "missing" / "lock"
+    holder = None
+    if stuck:
+        path.touch()
+        holder = os.open(path, os.O_RDONLY)
+        fcntl.flock(holder, fcntl.LOCK_EX)
+    try:
+        placement = CpuPlacement(
+            len(CPUS), "spread", neighbours=alone, lock_path=path, lock_wait_s=0.05
+        )
+        pids = [spawn() for _ in CPUS]
+        with caplog.at_level("WARNING", logger="sje.worker.cpus"):
+            placed = [placement.place(pid) for pid in pids]
+    finally:
+        if holder is not None:
+            os.close(holder)
+    assert placed == CPUS
+    warnings = [r.getMessage() for r in caplog.records if "placement lock" in r.getMessage()]
+    assert len(warnings) == 1, warnings
+    assert str(path) in warnings[0]

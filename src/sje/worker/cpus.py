@@ -13,7 +13,8 @@ kernel puts them. A task's threads and subprocesses share its child's CPU.
 Workers starting at the same moment take turns: the scan and the pinning run under an
 exclusive ``flock`` on a lock file in the temporary directory (``LOCK_PATH``), so two of them
 never both see a CPU free and both pin to it. A lock held past ``_LOCK_WAIT_S`` (a stuck
-process) or a lock file that cannot be opened is not waited for: placement goes on without it.
+process) or a lock file that cannot be opened is not waited for: the worker places its
+children without it from then on.
 """
 
 from __future__ import annotations
@@ -58,7 +59,6 @@ def host_lock(path: Path, wait_s: float = _LOCK_WAIT_S) -> Iterator[bool]:
     except OSError:
         fd = -1
     if fd < 0:
-        log.debug("placing children without the host lock: cannot open %s", path)
         yield False
         return
     try:
@@ -70,7 +70,6 @@ def host_lock(path: Path, wait_s: float = _LOCK_WAIT_S) -> Iterator[bool]:
                 break
             except OSError as exc:
                 if exc.errno not in (errno.EAGAIN, errno.EACCES) or time.monotonic() >= end:
-                    log.warning("placing a child without the host lock on %s: %s", path, exc)
                     break
                 time.sleep(_LOCK_RETRY_S)
         yield held
@@ -114,10 +113,12 @@ class CpuPlacement:
         cpus: list[int] | None = None,
         neighbours: Callable[[set[int]], Counter[int]] | None = None,
         lock_path: Path = LOCK_PATH,
+        lock_wait_s: float = _LOCK_WAIT_S,
     ) -> None:
         """``cpus``: the CPUs this worker may use (default: its affinity); ``neighbours``:
         CPU -> SJE children pinned to it, other than the pids given (default: the host's);
-        ``lock_path``: the lock file the host's workers place their children under."""
+        ``lock_path``: the lock file the host's workers place their children under, waited
+        for up to ``lock_wait_s``."""
         allowed = usable_cpus() if cpus is None else cpus
         self._neighbours = neighbours or pinned_children
         spread = mode == "spread" and len(allowed) > 1 and children >= len(allowed)
@@ -127,14 +128,27 @@ class CpuPlacement:
         self._children = children
         self._held: dict[int, int] = {}  # child pid -> its CPU
         self._lock = threading.Lock()
-        self._lock_path = lock_path
+        self._lock_path: Path | None = lock_path  # None: placing without it from now on
+        self._lock_wait_s = lock_wait_s
 
     def place(self, pid: int) -> int | None:
         """Pin the child ``pid``; its CPU, or None when it may run anywhere."""
         if not self.cpus:
             return None
-        with self._lock, host_lock(self._lock_path):
-            return self._place(pid)
+        with self._lock:
+            path = self._lock_path
+            if path is None:
+                return self._place(pid)
+            with host_lock(path, self._lock_wait_s) as held:
+                if not held:  # not waited for again: each child would wait as long
+                    self._lock_path = None
+                    log.warning(
+                        "placing children without the host's CPU placement lock %s: it cannot "
+                        "be opened, or another process has held it for %gs (a stopped worker?)",
+                        path,
+                        self._lock_wait_s,
+                    )
+                return self._place(pid)
 
     def _place(self, pid: int) -> int | None:
         taken = Counter(self._held.values()) + self._neighbours({pid, *self._held})
