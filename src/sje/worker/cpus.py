@@ -144,7 +144,8 @@ class CpuPlacement:
                     self._lock_path = None
                     log.warning(
                         "placing children without the host's CPU placement lock %s: it cannot "
-                        "be opened, or another process has held it for %gs (a stopped worker?)",
+                        "be opened or locked, or another process has held it for %gs (a "
+                        "stopped worker?)",
                         path,
                         self._lock_wait_s,
                     )
