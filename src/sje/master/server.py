@@ -94,15 +94,16 @@ class Master:
         api = Api(broker, s, secret.encode(), BearerAuth(token))
         app = api.app()
         app.router.lifespan_context = lifespan
-        # open event streams must not hold a stopping master hostage; with httptools a
-        # single-task round trip costs the master ~60 us less CPU than with h11
-        # (docs/performance.md)
+        # open event streams must not hold a stopping master hostage. "auto" parses with
+        # httptools (a dependency on CPython: a single-task round trip costs the master ~60 us
+        # less CPU than with h11, docs/performance.md) and falls back to h11 where it is missing
+        # rather than failing
         config = uvicorn.Config(
             app,
             log_level="warning",
             lifespan="on",
             access_log=False,
             timeout_graceful_shutdown=3,
-            http="httptools",
+            http="auto",
         )
         await uvicorn.Server(config).serve(sockets=[sock])
