@@ -88,6 +88,23 @@ def setsid_grandchild(item: dict[str, Any]) -> None:
 
 
 @sje.task
+def fork_and_hang(item: dict[str, Any]) -> None:
+    """Forks ``forks`` processes that leave the process group and linger, then hangs. The task
+    writes each fork's marker itself, right after the fork: a kill that stops it later still
+    finds the marker of every fork made before."""
+    for _ in range(item["forks"]):
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.setsid()
+                _hang()
+            finally:
+                os._exit(0)
+        _mark(item, f"fork-{pid}", {"pid": pid})
+    _hang()
+
+
+@sje.task
 def daemonize(item: dict[str, Any]) -> str:
     """The classic double fork: the daemon's parent exits once the daemon has written its
     marker, so the daemon is orphaned; the task itself returns normally."""

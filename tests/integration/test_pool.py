@@ -12,8 +12,13 @@ is blamed.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 import os
+from pathlib import Path
 from typing import Any
+
+import psutil
 
 from sje.models import TaskMessage
 from sje.worker.cpus import usable_cpus
@@ -21,14 +26,15 @@ from sje.worker.pool import Child, Pool
 from tests.support import eventually
 
 TASKS = "tests.apps.sample_tasks"
+HOSTILE = "tests.apps.hostile_tasks"
 
 
-def message(i: int, task: str = "square") -> TaskMessage:
+def message(i: int, task: str = "square", module: str = TASKS) -> TaskMessage:
     return TaskMessage(
         id=f"job:{i}",
         job_id="job",
         index=str(i),
-        task=f"{TASKS}.{task}",
+        task=f"{module}.{task}",
         payload=b"",
         attempt=1,
         retries=0,
@@ -159,6 +165,49 @@ def test_with_task_cpu_affinity_off_children_run_on_any_cpu() -> None:
         try:
             for child in pool.children:
                 assert os.sched_getaffinity(child.pid) == set(usable_cpus())
+        finally:
+            await pool.stop()
+
+    asyncio.run(scenario())
+
+
+def test_the_watchdog_kills_a_child_whose_tree_passes_the_process_limit(tmp_path: Path) -> None:
+    """Where no kernel limit holds the processes (no pids cgroup, root), the pool counts each
+    busy child's tree and kills a tree that is too big, its forks in other sessions too."""
+
+    async def scenario() -> None:
+        deaths: list[Child] = []
+
+        def on_frame(child: Child, header: dict[str, Any] | None, _body: bytes) -> None:
+            if header is None:
+                deaths.append(child)
+
+        pool = Pool([HOSTILE], 1, 10, 0, on_frame)
+        await pool.start()
+        try:
+            assert pool.isolation is not None
+            pool.isolation = dataclasses.replace(  # as chosen on a host without pids cgroups
+                pool.isolation,
+                process_guard="watchdog",
+                limits=dataclasses.replace(pool.isolation.limits, max_processes=4),
+            )
+            (child,) = pool.children
+            item = {"dir": str(tmp_path), "forks": 5, "kind": "watchdog"}
+            assert pool.place(
+                message(1, "fork_and_hang", HOSTILE), False, json.dumps(item).encode()
+            )
+
+            async def died() -> bool:
+                return child in deaths
+
+            await eventually(died, "the child with 6 processes to be killed", timeout=30)
+            forks = [int(p.name.removeprefix("fork-")) for p in tmp_path.glob("fork-*")]
+            assert len(forks) >= 3, "the tree passed 4 only after the task's 4th fork"
+
+            async def reaped() -> bool:
+                return not any(psutil.pid_exists(pid) for pid in forks)
+
+            await eventually(reaped, "its forks to be killed and reaped", timeout=10)
         finally:
             await pool.stop()
 

@@ -346,10 +346,10 @@ class Pool:
         busy = [c for c in self.children if c.tasks and not c.is_closed]
         if not busy:
             return
-        kids = proctree.children_map()
+        sizes = proctree.tree_sizes([child.pid for child in busy])
         limit = isolation.limits.max_processes
         for child in busy:
-            count = proctree.count_tree(child.pid, kids)
+            count = sizes[child.pid]
             if count > limit:
                 log.warning(
                     "killing child %d and its %d processes: more than task-max-processes %d",
