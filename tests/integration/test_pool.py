@@ -27,6 +27,7 @@ from tests.support import eventually
 
 TASKS = "tests.apps.sample_tasks"
 HOSTILE = "tests.apps.hostile_tasks"
+PLAIN = "tests.apps.plain_tasks"
 
 
 def message(i: int, task: str = "square", module: str = TASKS) -> TaskMessage:
@@ -208,6 +209,36 @@ def test_the_watchdog_kills_a_child_whose_tree_passes_the_process_limit(tmp_path
                 return not any(psutil.pid_exists(pid) for pid in forks)
 
             await eventually(reaped, "its forks to be killed and reaped", timeout=10)
+        finally:
+            await pool.stop()
+
+    asyncio.run(scenario())
+
+
+def test_a_child_that_runs_only_plain_tasks_never_loads_asyncio() -> None:
+    """asyncio (with ssl) is ~6 MB of a child's memory: only a child given an async task
+    loads it."""
+
+    async def scenario() -> None:
+        answers: list[bytes] = []
+
+        def on_frame(child: Child, header: dict[str, Any] | None, body: bytes) -> None:
+            if header is not None and header["type"] == "done":
+                assert header["ok"], header
+                pool.finish(child, header["id"])
+                answers.append(body)
+
+        pool = Pool([PLAIN], 1, 10, 0, on_frame)
+        await pool.start()
+        try:
+            names = ["asyncio", "ssl", "sje.worker.child_async", "sje.worker.task_call"]
+            assert pool.place(message(1, "loaded", PLAIN), False, json.dumps(names).encode())
+
+            async def answered() -> bool:
+                return bool(answers)
+
+            await eventually(answered, "the task's answer")
+            assert json.loads(answers[0]) == ["sje.worker.task_call"]
         finally:
             await pool.stop()
 

@@ -8,8 +8,6 @@ attempt printed and logged, when it did, see ``sje.worker.capture``), ``recalled
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import contextlib
 import ctypes
 import math
@@ -20,21 +18,18 @@ import signal
 import socket
 import sys
 import threading
-import traceback
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from sje.errors import SJEError
 from sje.tasks import Task, load_catalog
-from sje.worker.capture import (
-    FdCapture,
-    Log,
-    capture_task_output,
-    install_task_output,
-    keep_one_log_handler,
-)
+from sje.worker.capture import FdCapture, Log, install_task_output, keep_one_log_handler
+from sje.worker.task_call import Outcome, call_args, encode_result, error_info
 from sje.worker.wire import FrameReader, frame, send, unframe
+
+if TYPE_CHECKING:
+    from sje.worker.child_async import AsyncLane
 
 _PR_SET_PDEATHSIG = 1
 _CPU_GRACE_S = 2  # between SIGXCPU (soft limit) and SIGKILL (hard limit)
@@ -44,10 +39,6 @@ _START_LIMITS = (
     ("max_files", resource.RLIMIT_NOFILE, 1, "task-max-files"),
     ("nproc", resource.RLIMIT_NPROC, 1, "task-max-processes"),
 )
-
-
-#: a ``done`` frame's outcome fields (``ok``, ``error``) and body
-Outcome = tuple[dict[str, Any], bytes]
 
 
 def _left_processes() -> bool:
@@ -155,55 +146,11 @@ def arm_cpu_limit(seconds: int) -> None:
         resource.setrlimit(resource.RLIMIT_CPU, (soft, hard))
 
 
-def error_info(exc: BaseException) -> dict[str, Any]:
-    message = str(exc)
-    if isinstance(exc, MemoryError) and not message:
-        message = "the task ran out of memory; raise the worker's task-memory-mb or use less"
-    return {
-        "type": type(exc).__name__,
-        "message": message,
-        "traceback": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
-    }
-
-
-class BadPayload(Exception):
-    """The payload is not the JSON its kind promises; the task is dead-lettered, not retried."""
-
-
-def call_args(kind: str, payload: bytes) -> tuple[list[Any], dict[str, Any]]:
-    try:
-        value = orjson.loads(payload)
-    except orjson.JSONDecodeError as exc:
-        raise BadPayload(f"payload is not valid JSON ({exc}): {payload[:80]!r}") from None
-    if kind == "call":
-        if not (
-            isinstance(value, dict)
-            and isinstance(value.get("args"), list)
-            and isinstance(value.get("kwargs"), dict)
-            and len(value) == 2
-        ):
-            raise BadPayload('a call payload must be {"args": [...], "kwargs": {...}}')
-        return value["args"], value["kwargs"]
-    if kind == "chunk" and not isinstance(value, list):
-        raise BadPayload("a chunk payload must be a JSON list")
-    return [value], {}
-
-
-def encode_result(task: Task[Any], value: Any) -> bytes:
-    try:
-        return orjson.dumps(value)
-    except TypeError:
-        raise TypeError(
-            f"task '{task.name}' returned a {type(value).__name__}, which is not JSON; "
-            "return str, int, float, bool, None, list or dict"
-        ) from None
-
-
 class ChildRunner:
     """Executes ``run`` frames against the catalog and answers with ``done`` frames.
 
-    The main thread reads frames and runs sync tasks itself (so task code may call
-    ``asyncio.run``); async tasks go to an event loop on a second thread, started on first use.
+    The main thread runs sync tasks itself (so task code may call ``asyncio.run``); a reader
+    thread takes frames in; async tasks go to an ``AsyncLane``, started on first use.
     """
 
     def __init__(
@@ -218,8 +165,7 @@ class ChildRunner:
         self.cpu_seconds = cpu_seconds
         self.capture = capture
         self._send_lock = threading.Lock()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._running: dict[str, concurrent.futures.Future[None]] = {}
+        self._lane: AsyncLane | None = None  # started by the first async task
         # run frames read and not started yet; ids recalled meanwhile are skipped
         self._inbox: queue.SimpleQueue[tuple[dict[str, Any] | None, bytes]] = queue.SimpleQueue()
         self._inbox_lock = threading.Lock()
@@ -242,13 +188,11 @@ class ChildRunner:
                     self._recalled.discard(header["id"])
                     continue
                 self._pending.discard(header["id"])
-            if self.cpu_seconds and not self._running:
+            if self.cpu_seconds and not (self._lane and self._lane.running):
                 arm_cpu_limit(self.cpu_seconds)
             task = self.catalog[header["task"]]
             if task.is_async:
-                coro = self.run_async(task, header, body)
-                fut = asyncio.run_coroutine_threadsafe(coro, self._event_loop())
-                self._running[header["id"]] = fut
+                self._async_lane().start(task, header, body)
             else:
                 self.run_sync(task, header, body)
 
@@ -272,9 +216,8 @@ class ChildRunner:
                 self._pending.add(header["id"])
             self._inbox.put((header, body))
         elif kind == "cancel":
-            future = self._running.pop(header["id"], None)
-            if future is not None:
-                future.cancel()
+            if self._lane is not None:
+                self._lane.cancel(header["id"])
         elif kind == "recall":
             with self._inbox_lock:
                 found = header["id"] in self._pending
@@ -284,11 +227,13 @@ class ChildRunner:
             with contextlib.suppress(OSError):
                 self.send({"type": "recalled", "id": header["id"], "ok": found})
 
-    def _event_loop(self) -> asyncio.AbstractEventLoop:
-        if self._loop is None:
-            self._loop = asyncio.new_event_loop()
-            threading.Thread(target=self._loop.run_forever, name="sje-async", daemon=True).start()
-        return self._loop
+    def _async_lane(self) -> AsyncLane:
+        if self._lane is None:
+            # imported here: a child that runs only plain tasks never loads asyncio (~8 MB)
+            from sje.worker.child_async import AsyncLane
+
+            self._lane = AsyncLane(self._done)
+        return self._lane
 
     def _done(self, header: dict[str, Any], outcome: Outcome, log: Log | None) -> None:
         done, body = outcome
@@ -318,32 +263,6 @@ class ChildRunner:
             else:
                 value = task.fn(*args, **kwargs)
             return {"ok": True}, encode_result(task, value)
-        except Exception as exc:
-            return {"ok": False, "error": error_info(exc)}, b""
-
-    async def run_async(self, task: Task[Any], header: dict[str, Any], body: bytes) -> None:
-        buffer = capture_task_output()  # this asyncio task's context only
-        try:
-            outcome = await self._call_async(task, header, body)
-        finally:
-            with contextlib.suppress(KeyError):
-                del self._running[header["id"]]
-        self._done(header, outcome, buffer.log())
-
-    async def _call_async(self, task: Task[Any], header: dict[str, Any], body: bytes) -> Outcome:
-        timeout = header.get("timeout")
-        try:
-            args, kwargs = call_args(header["kind"], body)
-            if header["kind"] == "chunk":
-                coro: Any = asyncio.gather(*(task.fn(item) for item in args[0]))
-            else:
-                coro = task.fn(*args, **kwargs)
-            value = await asyncio.wait_for(coro, timeout)
-            return {"ok": True}, encode_result(task, value)
-        except asyncio.TimeoutError:
-            message = f"task timed out after {timeout}s"
-            err = {"type": "TaskTimeout", "message": message, "traceback": ""}
-            return {"ok": False, "error": err}, b""
         except Exception as exc:
             return {"ok": False, "error": error_info(exc)}, b""
 
