@@ -229,7 +229,7 @@ class ChildRunner:
 
     def _async_lane(self) -> AsyncLane:
         if self._lane is None:
-            # imported here: a child that runs only plain tasks never loads asyncio (~8 MB)
+            # imported here: a child that runs only plain tasks never loads asyncio (~6 MB)
             from sje.worker.child_async import AsyncLane
 
             self._lane = AsyncLane(self._done)
