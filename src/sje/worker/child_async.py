@@ -33,8 +33,16 @@ class AsyncLane:
         return len(self._running)
 
     def start(self, task: Task[Any], header: dict[str, Any], body: bytes) -> None:
-        coro = self._run(task, header, body)
-        self._running[header["id"]] = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        task_id = header["id"]
+        future = asyncio.run_coroutine_threadsafe(self._run(task, header, body), self._loop)
+        self._running[task_id] = future
+        # a task may end on the loop's thread before the line above runs: its own removal
+        # then found nothing, and this one drops the entry (at once, if it is done already)
+        future.add_done_callback(lambda _: self._forget(task_id, future))
+
+    def _forget(self, task_id: str, future: concurrent.futures.Future[None]) -> None:
+        if self._running.get(task_id) is future:
+            self._running.pop(task_id, None)  # a cancel may have taken it meanwhile
 
     def cancel(self, task_id: str) -> None:
         future = self._running.pop(task_id, None)
