@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Generator, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode
 
@@ -19,7 +19,7 @@ from urllib3.exceptions import ReadTimeoutError
 
 from sje.config import ClientSettings, load_settings
 from sje.errors import JobFailed, JobTimeout, MasterError, error_from_code
-from sje.events import JOB_PROGRESS
+from sje.events import JOB_PROGRESS, STREAM_ERROR
 from sje.models import MAX_SUBMIT_WAIT_S, JobState, parse_job
 from sje.tasks import Task
 
@@ -83,6 +83,25 @@ def unreachable(url: str, exc: Exception, timed_out_after: float | None) -> Mast
     )
 
 
+def stream_dropped(url: str, exc: Exception) -> MasterError:
+    """The error for an event stream the master ended without its final event (it stopped,
+    or something between cut the connection)."""
+    return MasterError(
+        f"The master at {url} cut the job's event stream ({type(exc).__name__}); it may have "
+        "stopped or restarted. Check it, then wait for the job again."
+    )
+
+
+def _follow(lines: Iterable[bytes], parser: SSEParser, deadline: float | None) -> Iterator[Event]:
+    """The events of one open stream, until the job's final one or the ``deadline``."""
+    for raw in lines:
+        event = parser.feed(raw.rstrip(b"\r\n").decode())
+        if event is not None:
+            yield event
+        if parser.finished or (deadline is not None and time.monotonic() >= deadline):
+            return
+
+
 class SSEParser:
     """Incremental Server-Sent Events parser: feed lines, get events when a blank line ends one.
 
@@ -105,6 +124,8 @@ class SSEParser:
         if "data" not in fields:
             return None
         event: Event = {**orjson.loads(fields["data"]), "type": fields.get("event", "message")}
+        if event["type"] == STREAM_ERROR:  # the master could not go on (its broker failed)
+            raise error_from_code(str(event.get("code")), str(event.get("message")))
         if "id" in fields:
             event["id"] = self.after = fields["id"]
         self.finished = event["type"] == JOB_PROGRESS and final_state(event)
@@ -303,6 +324,7 @@ class Client:
         deadline = None if timeout is None else time.monotonic() + timeout
         parser = SSEParser()
         while True:
+            streaming = False
             try:
                 left = READ_TIMEOUT_S if deadline is None else deadline - time.monotonic()
                 read = max(0.1, min(READ_TIMEOUT_S, left))
@@ -316,20 +338,18 @@ class Client:
                 try:
                     if response.status >= 400:
                         raise_for(response.status, response.read(), self.url)
-                    for raw in response:
-                        event = parser.feed(raw.rstrip(b"\r\n").decode())
-                        if event is not None:
-                            yield event
-                        if parser.finished:
-                            return
-                        if deadline is not None and time.monotonic() >= deadline:
-                            break
+                    streaming = True
+                    yield from _follow(response, parser, deadline)
+                    if parser.finished:
+                        return
                 finally:
                     response.close()  # a stream left part-read: its connection is not reused
                     response.release_conn()
             except ReadTimeoutError:
                 pass
             except TransportError as exc:
+                if streaming:
+                    raise stream_dropped(self.url, exc) from exc
                 raise unreachable(self.url, exc, None) from exc
             if deadline is not None and time.monotonic() >= deadline:
                 raise waited_too_long(job_id, timeout)

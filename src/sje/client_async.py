@@ -20,6 +20,7 @@ from sje.client import (
     raise_for,
     read_results,
     status_record,
+    stream_dropped,
     submit_wait,
     unreachable,
     waited_too_long,
@@ -63,6 +64,7 @@ class AsyncClient:
     async def events(self, job_id: str, job_level: bool = False) -> AsyncIterator[Event]:
         parser = SSEParser()
         while True:
+            streaming = False
             try:
                 async with self._http.stream(
                     "GET",
@@ -71,6 +73,7 @@ class AsyncClient:
                 ) as response:
                     if response.status_code >= 400:
                         raise_for(response.status_code, await response.aread(), self.url)
+                    streaming = True
                     async for line in response.aiter_lines():
                         event = parser.feed(line)
                         if event is not None:
@@ -80,6 +83,8 @@ class AsyncClient:
             except httpx.ReadTimeout:
                 continue
             except httpx.TransportError as exc:
+                if streaming and not isinstance(exc, httpx.TimeoutException):
+                    raise stream_dropped(self.url, exc) from exc
                 raise unreachable(self.url, exc, _timed_out(exc, self._http.timeout)) from exc
 
     async def aclose(self) -> None:

@@ -18,6 +18,9 @@ JOB_SUBMITTED = "job.submitted"  # tasks: how many tasks were queued
 JOB_STARTED = "job.started"  # its first task started
 #: a snapshot of the job record, sent by event streams, never stored: its ``id`` is the job's
 JOB_PROGRESS = "job.progress"
+#: sent by an event stream, never stored, when it cannot go on (its broker failed): ``code``
+#: and ``message`` as in an error reply; the stream ends with it (a client raises the error)
+STREAM_ERROR = "stream.error"
 JOB_REDUCING = "job.reducing"  # every task succeeded; the reduce step is queued
 JOB_SUCCEEDED = "job.succeeded"
 JOB_FAILED = "job.failed"
@@ -68,7 +71,7 @@ TASK_EVENTS = (
     TASK_DEAD_LETTERED,
 )
 WORKER_EVENTS = (WORKER_JOINED, WORKER_HEARTBEAT, WORKER_LEFT, WORKER_LOST, WORKER_BACK)
-ALL_EVENTS = (*JOB_EVENTS, JOB_PROGRESS, *TASK_EVENTS, *WORKER_EVENTS)
+ALL_EVENTS = (*JOB_EVENTS, JOB_PROGRESS, STREAM_ERROR, *TASK_EVENTS, *WORKER_EVENTS)
 
 #: upper bounds (ms) of the task run-time and queue-wait histogram buckets kept by the scripts
 #: (``lua/common.lua`` has the same list); a last bucket holds everything above

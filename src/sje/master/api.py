@@ -48,7 +48,7 @@ from sje.master.http import (
 )
 from sje.master.openapi import monitor_openapi_json, openapi_json
 from sje.master.planner import check_tasks, plan
-from sje.master.views import is_terminal, job_view, progress_view, sse
+from sje.master.views import is_terminal, job_view, progress_view, sse, until_failure
 from sje.master.waiters import JobEnds
 from sje.models import MAX_SUBMIT_WAIT_S, parse_job
 from sje.results import flatten, task_range
@@ -310,7 +310,7 @@ class Api:
         after = resume_after(request)
         job_level = query_choice(request, "scope", "all", ("all", "job")) == "job"
         await self._job_or_404(job_id)
-        stream = self._event_stream(job_id, after, job_level)
+        stream = until_failure(self._event_stream(job_id, after, job_level))
         return StreamingResponse(stream, media_type="text/event-stream")
 
     async def _event_stream(self, job_id: str, after: str, job_level: bool) -> AsyncIterator[bytes]:

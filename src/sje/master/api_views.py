@@ -21,7 +21,7 @@ from sje.master.http import (
     query_text,
     resume_after,
 )
-from sje.master.views import job_view, sse
+from sje.master.views import job_view, sse, until_failure
 from sje.models import JobState, TaskState
 
 _KEEPALIVE_MS = 5000
@@ -88,7 +88,7 @@ class ViewRoutes:
     async def events(self, request: Request) -> Response:
         """SSE of the global stream: live events, or from ``after`` / ``Last-Event-ID``."""
         start = resume_after(request, "") or await self.views.last_event_id()
-        return StreamingResponse(self._stream(start), media_type="text/event-stream")
+        return StreamingResponse(until_failure(self._stream(start)), media_type="text/event-stream")
 
     async def _stream(self, after: str) -> AsyncIterator[bytes]:
         yield b": connected\n\n"

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
 
+from sje.errors import SJEError
+from sje.events import STREAM_ERROR
 from sje.models import TASK_COUNTERS, JobState
 
 _NUMERIC = ("priority", "retries")
@@ -55,3 +58,13 @@ def progress_view(job_id: str, raw: dict[str, str]) -> dict[str, Any]:
 def sse(event: str, data: dict[str, Any], event_id: str | None = None) -> bytes:
     head = f"id: {event_id}\n" if event_id else ""
     return f"{head}event: {event}\n".encode() + b"data: " + orjson.dumps(data) + b"\n\n"
+
+
+async def until_failure(events: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """An event stream that, when the server cannot go on (its broker failed), ends with a
+    ``stream.error`` event saying why: its headers are sent, so no error status can."""
+    try:
+        async for chunk in events:
+            yield chunk
+    except SJEError as exc:
+        yield sse(STREAM_ERROR, {"code": exc.code, "message": exc.message})

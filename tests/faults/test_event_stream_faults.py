@@ -1,0 +1,112 @@
+"""A client following a job's event stream (``wait()``, ``result()``, ``sje watch``) when the
+server side fails under it: it gets a clear error at once, naming what failed.
+
+Redis dies: the master's stream ends with a ``stream.error`` event (its headers are sent, so no
+error status can), and the client raises that ``BrokerError``. The master dies: the stream is
+cut, and the client says so, not that no master answers."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import sje
+from tests.support import Proc, RedisServer, api_client, start_master, wait_until
+
+WAIT = "tests.apps.sample_tasks.started_then_wait"
+
+
+def _waiting_job(tmp_path: Path) -> tuple[dict[str, Any], Path]:
+    started = tmp_path / "started"
+    release = tmp_path / "go"
+    return {
+        "task": WAIT,
+        "args": [{"value": 1, "started": str(started), "release": str(release)}],
+    }, started
+
+
+class Follower:
+    """Follows a job's events in a thread until they end; keeps the events and the error."""
+
+    def __init__(self, follow: Callable[[Callable[[dict[str, Any]], None]], None]) -> None:
+        self.events: list[dict[str, Any]] = []
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, args=(follow,))
+        self.thread.start()
+
+    def _run(self, follow: Callable[[Callable[[dict[str, Any]], None]], None]) -> None:
+        try:
+            follow(self.events.append)
+        except Exception as exc:  # judged by the test
+            self.error = exc
+
+
+def _sync_follower(env: dict[str, str], url: str, job_id: str) -> Follower:
+    def follow(seen: Callable[[dict[str, Any]], None]) -> None:
+        with api_client(env, url) as client:
+            for event in client.events(job_id, timeout=60):
+                seen(event)
+
+    return Follower(follow)
+
+
+def _async_follower(env: dict[str, str], url: str, job_id: str) -> Follower:
+    async def follow_async(seen: Callable[[dict[str, Any]], None]) -> None:
+        client = sje.AsyncClient(url, token=env.get("SJE_TOKEN"))
+        try:
+            async for event in client.events(job_id):
+                seen(event)
+        finally:
+            await client.aclose()
+
+    return Follower(lambda seen: asyncio.run(follow_async(seen)))
+
+
+@pytest.mark.parametrize("make", [_sync_follower, _async_follower], ids=["sync", "async"])
+def test_a_stream_open_when_redis_dies_ends_with_the_redis_error(
+    make: Callable[[dict[str, str], str, str], Follower],
+    redis_server: RedisServer,
+    master: str,
+    env: dict[str, str],
+    worker: Callable[..., Proc],
+    tmp_path: Path,
+) -> None:
+    worker("--concurrency", "1")
+    job, started = _waiting_job(tmp_path)
+    handle = api_client(env, master).submit(job)
+    wait_until(lambda: (started / "1").exists(), 30, "the task to start")
+    follower = make(env, master, handle.id)
+    wait_until(lambda: follower.events, 30, "the stream's first event: it is open")
+    redis_server.kill()
+    follower.thread.join(30)
+    assert not follower.thread.is_alive(), "the client was left waiting on a failed stream"
+    assert isinstance(follower.error, sje.BrokerError), repr(follower.error)
+    assert f"Redis at 127.0.0.1:{redis_server.port}" in follower.error.message
+
+
+def test_a_stream_cut_by_the_master_dying_says_so(
+    env: dict[str, str],
+    worker: Callable[..., Proc],
+    procs: list[Proc],
+    tmp_path: Path,
+) -> None:
+    proc, url = start_master(env)
+    procs.append(proc)
+    env["SJE_MASTER"] = url
+    worker("--concurrency", "1")
+    job, started = _waiting_job(tmp_path)
+    handle = api_client(env, url).submit(job)
+    wait_until(lambda: (started / "1").exists(), 30, "the task to start")
+    follower = _sync_follower(env, url, handle.id)
+    wait_until(lambda: follower.events, 30, "the stream's first event: it is open")
+    proc.signal(signal.SIGKILL)
+    follower.thread.join(30)
+    assert not follower.thread.is_alive(), "the client was left waiting on a cut stream"
+    assert isinstance(follower.error, sje.MasterError), repr(follower.error)
+    assert "cut the job's event stream" in follower.error.message
