@@ -7,14 +7,11 @@ cut, and the client says so, not that no master answers."""
 
 from __future__ import annotations
 
-import asyncio
 import signal
 import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 import sje
 from sje.client import READ_TIMEOUT_S
@@ -57,21 +54,7 @@ def _sync_follower(env: dict[str, str], url: str, job_id: str) -> Follower:
     return Follower(follow)
 
 
-def _async_follower(env: dict[str, str], url: str, job_id: str) -> Follower:
-    async def follow_async(seen: Callable[[dict[str, Any]], None]) -> None:
-        client = sje.AsyncClient(url, token=env.get("SJE_TOKEN"))
-        try:
-            async for event in client.events(job_id):
-                seen(event)
-        finally:
-            await client.aclose()
-
-    return Follower(lambda seen: asyncio.run(follow_async(seen)))
-
-
-@pytest.mark.parametrize("make", [_sync_follower, _async_follower], ids=["sync", "async"])
 def test_a_stream_open_when_redis_dies_ends_with_the_redis_error(
-    make: Callable[[dict[str, str], str, str], Follower],
     redis_server: RedisServer,
     master: str,
     env: dict[str, str],
@@ -82,7 +65,7 @@ def test_a_stream_open_when_redis_dies_ends_with_the_redis_error(
     job, started = _waiting_job(tmp_path)
     handle = api_client(env, master).submit(job)
     wait_until(lambda: (started / "1").exists(), 30, "the task to start")
-    follower = make(env, master, handle.id)
+    follower = _sync_follower(env, master, handle.id)
     wait_until(lambda: follower.events, 30, "the stream's first event: it is open")
     redis_server.kill()
     # the master's stream.error ends it at once; were the master itself held up by the dead
