@@ -20,38 +20,33 @@ from tests.support import Proc, RedisServer, api_client, start_master, wait_unti
 WAIT = "tests.apps.sample_tasks.started_then_wait"
 
 
-def _waiting_job(tmp_path: Path) -> tuple[dict[str, Any], Path]:
-    started = tmp_path / "started"
-    release = tmp_path / "go"
-    return {
-        "task": WAIT,
-        "args": [{"value": 1, "started": str(started), "release": str(release)}],
-    }, started
-
-
 class Follower:
     """Follows a job's events in a thread until they end; keeps the events and the error."""
 
-    def __init__(self, follow: Callable[[Callable[[dict[str, Any]], None]], None]) -> None:
+    def __init__(self, env: dict[str, str], url: str, job_id: str) -> None:
         self.events: list[dict[str, Any]] = []
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, args=(follow,))
+        self.error: Exception | None = None
+        self.thread = threading.Thread(target=self._run, args=(env, url, job_id))
         self.thread.start()
 
-    def _run(self, follow: Callable[[Callable[[dict[str, Any]], None]], None]) -> None:
+    def _run(self, env: dict[str, str], url: str, job_id: str) -> None:
         try:
-            follow(self.events.append)
+            with api_client(env, url) as client:
+                for event in client.events(job_id, timeout=60):
+                    self.events.append(event)  # one by one: the test watches them arrive
         except Exception as exc:  # judged by the test
             self.error = exc
 
 
-def _sync_follower(env: dict[str, str], url: str, job_id: str) -> Follower:
-    def follow(seen: Callable[[dict[str, Any]], None]) -> None:
-        with api_client(env, url) as client:
-            for event in client.events(job_id, timeout=60):
-                seen(event)
-
-    return Follower(follow)
+def _follow_a_running_job(env: dict[str, str], url: str, tmp_path: Path) -> Follower:
+    """A single-task job whose task has started and waits, followed until its stream is open."""
+    started = tmp_path / "started"
+    item = {"value": 1, "started": str(started), "release": str(tmp_path / "go")}
+    handle = api_client(env, url).submit({"task": WAIT, "args": [item]})
+    wait_until(lambda: (started / "1").exists(), 30, "the task to start")
+    follower = Follower(env, url, handle.id)
+    wait_until(lambda: follower.events, 30, "the stream's first event: it is open")
+    return follower
 
 
 def test_a_stream_open_when_redis_dies_ends_with_the_redis_error(
@@ -62,11 +57,7 @@ def test_a_stream_open_when_redis_dies_ends_with_the_redis_error(
     tmp_path: Path,
 ) -> None:
     worker("--concurrency", "1")
-    job, started = _waiting_job(tmp_path)
-    handle = api_client(env, master).submit(job)
-    wait_until(lambda: (started / "1").exists(), 30, "the task to start")
-    follower = _sync_follower(env, master, handle.id)
-    wait_until(lambda: follower.events, 30, "the stream's first event: it is open")
+    follower = _follow_a_running_job(env, master, tmp_path)
     redis_server.kill()
     # the master's stream.error ends it at once; were the master itself held up by the dead
     # Redis, the client's read timeout would reconnect and get the same error as a reply
@@ -86,11 +77,7 @@ def test_a_stream_cut_by_the_master_dying_says_so(
     procs.append(proc)
     env["SJE_MASTER"] = url
     worker("--concurrency", "1")
-    job, started = _waiting_job(tmp_path)
-    handle = api_client(env, url).submit(job)
-    wait_until(lambda: (started / "1").exists(), 30, "the task to start")
-    follower = _sync_follower(env, url, handle.id)
-    wait_until(lambda: follower.events, 30, "the stream's first event: it is open")
+    follower = _follow_a_running_job(env, url, tmp_path)
     proc.signal(signal.SIGKILL)
     follower.thread.join(30)
     assert not follower.thread.is_alive(), "the client was left waiting on a cut stream"
